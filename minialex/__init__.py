@@ -1,0 +1,13 @@
+"""minialex: a deep-learning engine written from scratch, small enough to read, fast enough to
+train AlexNet. NumPy on the CPU, CuPy on the GPU.
+
+    import minialex as mx
+    import minialex.functional as F
+    from minialex import nn, optim
+"""
+from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: F401
+from .gradcheck import GradcheckError, gradcheck  # noqa: F401
+# from .serialization import load, save  # noqa: F401
+# from . import functional, models, nn, optim  # noqa: F401
+
+__version__ = "0.1.0"
