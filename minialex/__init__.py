@@ -7,7 +7,7 @@ train AlexNet. NumPy on the CPU, CuPy on the GPU.
 """
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
-# from .serialization import load, save  # noqa: F401
-# from . import functional, models, nn, optim  # noqa: F401
+from .serialization import load, save  # noqa: F401
+from . import functional, models, nn, optim, random  # noqa: F401
 
 __version__ = "0.1.0"

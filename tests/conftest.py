@@ -18,3 +18,18 @@ settings.load_profile("minialex")
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly without CuPy and a device, unless MINIALEX_REQUIRE_GPU=1:
+    then they run and fail, so that a GPU run can never pass by skipping."""
+    if os.environ.get("MINIALEX_REQUIRE_GPU") == "1":
+        return
+    from minialex.backend import cupy_available
+    if cupy_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device (MINIALEX_REQUIRE_GPU=1 to "
+                                   "make this a failure)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

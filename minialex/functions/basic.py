@@ -204,7 +204,7 @@ class Max(Function):
         if not self.keepdims:
             axes = (self.axis,) if isinstance(self.axis, int) else self.axis
             gz = gz.reshape(gz.shape) if axes is None else xp.expand_dims(gz, axes)
-        ties = self.is_max.sum(axis=self.axis, keepdims=True)
+        ties = self.is_max.sum(axis=self.axis, keepdims=True, dtype=gz.dtype)  # not int64
         return self.is_max * (gz / ties)
 
 
