@@ -366,9 +366,10 @@ def _backpropagate(root, grad, retain_graph):
         for x, g in zip(inputs, input_grads):
             if g is None or not x.requires_grad:
                 continue
-            if g.shape != x.shape:
+            if g.shape != x.shape or g.dtype != x.dtype:  # e.g. a silent float64 temporary
                 raise RuntimeError(f"{function.name}.backward returned a gradient of shape "
-                                   f"{g.shape} for an input of shape {x.shape}")
+                                   f"{g.shape} and dtype {g.dtype} for an input of shape "
+                                   f"{x.shape} and dtype {x.dtype}")
             if x.creator is None:
                 _accumulate_leaf(x, g)
             elif id(x) in grads:

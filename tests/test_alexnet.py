@@ -160,3 +160,25 @@ def test_sgd_steps_fit_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_a_training_step_stays_in_float32(monkeypatch):
+    """Every op's output in a paper-AlexNet step is float32: no silent float64 temporaries.
+    (Backward refuses a gradient whose dtype differs from its input's, so grads are covered.)"""
+    dtypes = set()
+    original_call = mx.Function.__call__
+
+    def recording_call(self, *inputs):
+        output = original_call(self, *inputs)
+        dtypes.add((type(self).__name__, str(output.dtype)))
+        return output
+
+    monkeypatch.setattr(mx.Function, "__call__", recording_call)
+    model = mx.models.alexnet("paper", num_classes=5, width=0.125)
+    x = tensor(np.random.default_rng(0).standard_normal((2, 3, 227, 227)).astype(np.float32))
+    loss = F.cross_entropy(model(x), np.array([0, 4]))
+    loss.backward()
+    optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4).step()
+    assert {dtype for _, dtype in dtypes} == {"float32"}, sorted(dtypes)
+    assert len({name for name, _ in dtypes}) >= 7  # conv, relu, lrn, pool, flatten, ...
+    assert all(p.dtype == np.float32 and p.grad.dtype == np.float32 for p in model.parameters())
