@@ -182,3 +182,15 @@ def test_a_training_step_stays_in_float32(monkeypatch):
     assert {dtype for _, dtype in dtypes} == {"float32"}, sorted(dtypes)
     assert len({name for name, _ in dtypes}) >= 7  # conv, relu, lrn, pool, flatten, ...
     assert all(p.dtype == np.float32 and p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def test_kaiming_initialisation():
+    """He et al.: N(0, 2 / fan_in) before a ReLU, N(0, 1 / fan_in) for the last layer; biases 0."""
+    random.manual_seed(0)
+    model = mx.models.alexnet("seed", init="kaiming", width=0.5)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for index, layer in enumerate(layers):
+        fan_in = layer.weight.size // layer.weight.shape[0]
+        gain = 1.0 if index == len(layers) - 1 else 2.0
+        assert layer.weight.data.std() == pytest.approx(np.sqrt(gain / fan_in), rel=0.05)
+        assert not layer.bias.data.any()

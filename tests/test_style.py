@@ -3,7 +3,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_LINE = 100
-ENGINE_BUDGET = 4000  # lines of minialex/, comments and docstrings included
+ENGINE_BUDGET = 5000  # lines of minialex/, comments and docstrings included
 
 
 def python_files():

@@ -1,2 +1,2 @@
 """Networks built from minialex layers."""
-from .alexnet import VARIANTS, AlexNet, alexnet, init_paper  # noqa: F401
+from .alexnet import INITS, VARIANTS, AlexNet, alexnet, init_kaiming, init_paper  # noqa: F401

@@ -20,6 +20,7 @@ import numpy as np
 from .. import nn, random
 
 VARIANTS = ("paper", "seed", "torchvision")
+INITS = ("pytorch", "paper", "kaiming")
 INPUT_SIZE = {"paper": 227, "seed": 227, "torchvision": 224}
 
 
@@ -37,8 +38,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"alexnet: num_classes must be a positive int; got {num_classes!r}")
         if not width > 0:
             raise ValueError(f"alexnet: width must be > 0; got {width!r}")
-        if init not in ("pytorch", "paper"):
-            raise ValueError(f"alexnet: init must be 'pytorch' or 'paper'; got {init!r}")
+        if init not in INITS:
+            raise ValueError(f"alexnet: init must be one of {INITS}; got {init!r}")
         self.variant, self.num_classes, self.width = variant, num_classes, width
         self.input_size = INPUT_SIZE[variant]
         c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (
@@ -107,6 +108,8 @@ class AlexNet(nn.Module):
             )
         if init == "paper":
             init_paper(self)
+        elif init == "kaiming":
+            init_kaiming(self)
 
     def forward(self, x):
         x = self.features(x)
@@ -141,6 +144,26 @@ def init_paper(model, bias=1.0):
         if layer.bias is not None:
             value = bias if id(layer) in layers_with_bias_one else 0.0
             layer.bias.data = np.full(layer.bias.shape, value, dtype=layer.bias.dtype)
+    return model
+
+
+def init_kaiming(model):
+    """He et al. 2015 ("Delving deep into rectifiers", §2.2): weights ~ N(0, 2 / fan_in), biases
+    0. A ReLU zeroes half of its inputs, so doubling the variance keeps the signal's size
+    constant through the layers. PyTorch's default (variance 1 / (3 fan_in)) shrinks it by
+    about 6x per layer, and the paper's N(0, 0.01) by a size-dependent factor: through eight
+    layers both start with logits near 0, and SGD needs many epochs to leave that plateau.
+    The last layer gets variance 1 / fan_in: it feeds the softmax, not a ReLU.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    generator = random.generator(np)
+    for index, layer in enumerate(layers):
+        fan_in = layer.weight.size // layer.weight.shape[0]
+        gain = 1.0 if index == len(layers) - 1 else 2.0
+        weight = generator.normal(0.0, np.sqrt(gain / fan_in), size=layer.weight.shape)
+        layer.weight.data = weight.astype(layer.weight.dtype)
+        if layer.bias is not None:
+            layer.bias.data = np.zeros(layer.bias.shape, dtype=layer.bias.dtype)
     return model
 
 
