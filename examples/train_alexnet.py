@@ -1,0 +1,361 @@
+"""Train AlexNet with minialex: on the bundled shapes (no download), or on a folder of JPEGs.
+
+    python examples/train_alexnet.py                       # bundled data, CPU, a few minutes
+    python examples/train_alexnet.py --data DIR --width 1 --epochs 90 --device cuda
+    python examples/train_alexnet.py --epochs 8 --resume   # continue the run in --out
+
+The recipe is the paper's (§5): SGD with momentum 0.9 and weight decay 5e-4, the learning rate
+divided by 10 when the validation loss stops improving; random crops, flips and PCA lighting
+(§4.1); ten-crop evaluation with --ten-crop. In --out the run leaves checkpoint.npz (written
+atomically, so a kill at any moment leaves the previous one whole), metrics.json, curves.png
+and conv1_filters.png.
+
+A run is a pure function of its seed on the CPU: the data order and every augmentation are
+drawn from (seed, epoch, image), and the dropout generator's state is saved with each epoch's
+checkpoint, so a run killed and resumed ends with the same weights as one never interrupted.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+import minialex as mx
+import minialex.functional as F
+from minialex import data, optim
+
+CHECKPOINT = "checkpoint.npz"
+
+
+class TrainingError(Exception):
+    """A problem the user can fix; main() prints it as one line and exits with status 2."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variant", default="paper", choices=mx.models.VARIANTS)
+    p.add_argument("--width", type=float, default=0.25,
+                   help="channel multiplier: 1 is the real AlexNet, 0.25 fits a CPU")
+    p.add_argument("--epochs", type=int, default=6, help="epochs of the whole run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--init", default="kaiming", choices=mx.models.INITS,
+                   help="kaiming (He et al.), paper (§5: N(0, 0.01), biases 1) or pytorch")
+    p.add_argument("--patience", type=int, default=1,
+                   help="epochs without a better validation loss before lr /= 10")
+    p.add_argument("--data", help="ImageFolder root: DIR/train/<class>/*.jpg, DIR/val/...")
+    p.add_argument("--per-class", type=int, default=200,
+                   help="bundled data: training images per class (validation: a quarter)")
+    p.add_argument("--no-lighting", action="store_true", help="turn off PCA lighting")
+    p.add_argument("--ten-crop", action="store_true",
+                   help="evaluate on 10 crops per image, averaging the softmax (§4.1)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=2, help="threads preparing batches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/alexnet", help="folder for checkpoint and results")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.width <= 0:
+        p.error("--epochs, --batch-size, --lr and --width must be positive")
+    if args.seed < 0:
+        p.error("--seed must be >= 0")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+def make_datasets(args):
+    if args.data is None:
+        train = data.SyntheticShapes("train", args.per_class, seed=args.seed, cache=True)
+        val = data.SyntheticShapes("val", max(1, args.per_class // 4), seed=args.seed,
+                                   cache=True)
+        return train, val
+    if not os.path.isdir(args.data):
+        raise TrainingError(f"--data {args.data}: folder not found; expected "
+                            f"DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
+    try:
+        return data.ImageFolder(args.data, "train"), data.ImageFolder(args.data, "val")
+    except (ValueError, FileNotFoundError) as error:
+        raise TrainingError(str(error)) from error
+
+
+def data_statistics(train, lighting):
+    """Per-channel mean and the PCA lighting basis of the training images (§4.1)."""
+    mean = data.channel_mean(train, max_images=500)
+    if not lighting:
+        return mean, None, None
+    eigenvalues, eigenvectors = data.pca_lighting_basis(train, max_images=500)
+    return mean, eigenvalues, eigenvectors
+
+
+def make_loaders(args, train, val, stats, crop):
+    mean, eigenvalues, eigenvectors = stats
+    lighting = None if eigenvalues is None else data.PCALighting(eigenvalues, eigenvectors)
+    train_loader = data.DataLoader(train, args.batch_size, data.TrainTransform(crop, mean,
+                                   lighting), shuffle=True, seed=args.seed, drop_last=True,
+                                   num_threads=args.threads)
+    transform = data.TenCrop(crop, mean) if args.ten_crop else data.EvalTransform(crop, mean)
+    val_loader = data.DataLoader(val, args.batch_size, transform, shuffle=False,
+                                 seed=args.seed, num_threads=args.threads,
+                                 ten_crop=args.ten_crop)
+    return train_loader, val_loader
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def config_of(args, classes, num_parameters):
+    return {"variant": args.variant, "width": args.width, "num_classes": len(classes),
+            "classes": list(classes), "seed": args.seed, "init": args.init,
+            "parameters": num_parameters}
+
+
+def save_checkpoint(path, model, optimizer, schedule, epoch, config, stats, history):
+    mean, eigenvalues, eigenvectors = stats
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "epoch": epoch, "config": config,
+             "random_state": mx.random.get_state(), "history": history,
+             "mean": mean}
+    if eigenvalues is not None:
+        state["lighting"] = {"eigenvalues": eigenvalues, "eigenvectors": eigenvectors}
+    mx.save(state, path)  # atomic: a temporary file, then a rename
+
+
+def load_checkpoint(path):
+    try:
+        return mx.load(path)
+    except (ValueError, OSError) as error:
+        raise TrainingError(f"cannot read checkpoint {path}: {error}") from error
+
+
+def check_compatible(checkpoint, config, path):
+    saved = checkpoint["config"]
+    for key in ("variant", "width", "num_classes"):
+        if saved[key] != config[key]:
+            raise TrainingError(
+                f"{path} was trained with --variant {saved['variant']} --width {saved['width']}"
+                f" and {saved['num_classes']} classes, but this run asks for --variant "
+                f"{config['variant']} --width {config['width']} and {config['num_classes']} "
+                "classes; use the same settings, or another --out")
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch
+
+def top_k_correct(scores, labels, k):
+    """How many labels are among the k highest scores of their row."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
+
+
+def progress(iterable, total, description, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(model, optimizer, loader, epoch, args):
+    model.train()
+    loader.set_epoch(epoch)
+    total_loss = correct = seen = 0
+    start = time.perf_counter()
+    bar = progress(loader, len(loader), f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
+    for x, labels in bar:
+        x = mx.tensor(x, device=args.device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the loss became {value} in epoch {epoch + 1}; stopped, and the last good "
+                f"checkpoint is left as it was. Try a smaller --lr (now {optimizer.lr})")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total_loss += value * len(labels)
+        correct += top_k_correct(logits.numpy(), labels, 1)
+        seen += len(labels)
+        if not args.no_progress:
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    return {"train_loss": total_loss / seen, "train_top1": correct / seen,
+            "train_images_per_s": seen / (time.perf_counter() - start)}
+
+
+def evaluate(model, loader, args):
+    model.eval()
+    total_loss = top1 = top5 = seen = 0
+    with mx.no_grad():
+        for x, labels in progress(loader, len(loader), "validation", not args.no_progress):
+            if args.ten_crop:  # (N, 10, 3, S, S): average the ten softmax outputs (§4.1)
+                n = x.shape[0]
+                logits = model(mx.tensor(x.reshape(n * 10, *x.shape[2:]), device=args.device))
+                probabilities = F.softmax(logits).numpy().reshape(n, 10, -1).mean(axis=1)
+                scores = probabilities
+                losses = -np.log(probabilities[np.arange(n), labels] + 1e-12)
+                total_loss += float(losses.sum())
+            else:
+                logits = model(mx.tensor(x, device=args.device))
+                scores = logits.numpy()
+                total_loss += F.cross_entropy(logits, labels).item() * len(labels)
+            top1 += top_k_correct(scores, labels, 1)
+            top5 += top_k_correct(scores, labels, 5)
+            seen += len(labels)
+    return {"val_loss": total_loss / seen, "val_top1": top1 / seen, "val_top5": top5 / seen}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+def plot_curves(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [record["epoch"] for record in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    right.plot(epochs, [r["train_top1"] for r in history], "o-", label="train top-1")
+    right.plot(epochs, [r["val_top1"] for r in history], "o-", label="validation top-1")
+    right.plot(epochs, [r["val_top5"] for r in history], "o--", label="validation top-5")
+    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_filters(weight, path):
+    """The first layer's filters as small colour images, like the paper's Figure 3."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    filters = weight.transpose(0, 2, 3, 1)  # (F, KH, KW, 3)
+    columns = int(math.ceil(math.sqrt(len(filters) * 2)))
+    rows = int(math.ceil(len(filters) / columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6))
+    for axes, index in zip(np.ravel(grid), range(rows * columns)):
+        axes.axis("off")
+        if index < len(filters):
+            f = filters[index]
+            f = (f - f.min()) / (f.max() - f.min() + 1e-12)  # each filter on its own scale
+            axes.imshow(f, interpolation="nearest")
+    figure.suptitle("conv1 filters (11x11x3), each scaled to its own range")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+def run(args):
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint_path = os.path.join(args.out, CHECKPOINT)
+    checkpoint = None
+    if args.resume:
+        if not os.path.exists(checkpoint_path):
+            raise TrainingError(f"--resume: nothing to resume, {checkpoint_path} does not "
+                                "exist; run without --resume to start training")
+        checkpoint = load_checkpoint(checkpoint_path)
+    elif os.path.exists(checkpoint_path):
+        raise TrainingError(f"{checkpoint_path} already exists; pass --resume to continue it, "
+                            "or choose another --out (nothing was overwritten)")
+
+    mx.random.manual_seed(args.seed)
+    train, val = make_datasets(args)
+    model = mx.models.alexnet(args.variant, num_classes=len(train.classes), width=args.width,
+                              init=args.init)
+    config = config_of(args, train.classes, model.num_parameters())
+    print(f"AlexNet variant={args.variant} width={args.width} "
+          f"parameters={model.num_parameters():,} classes={len(train.classes)} "
+          f"device={args.device}")
+    print(f"data: {'bundled shapes' if args.data is None else args.data}: {len(train)} "
+          f"training and {len(val)} validation images")
+
+    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay)
+    schedule = optim.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.patience)
+    history, first_epoch = [], 0
+    if checkpoint is not None:
+        check_compatible(checkpoint, config, checkpoint_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        mx.random.set_state(checkpoint["random_state"])
+        history, first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        lighting = checkpoint.get("lighting")
+        stats = (checkpoint["mean"], *((lighting["eigenvalues"], lighting["eigenvectors"])
+                                       if lighting else (None, None)))
+        print(f"resumed from {checkpoint_path} after epoch {first_epoch}")
+        if first_epoch >= args.epochs:
+            raise TrainingError(f"--resume: the checkpoint has finished {first_epoch} epochs "
+                                f"already; ask for more with --epochs {first_epoch + 1} or more")
+    else:
+        stats = data_statistics(train, lighting=not args.no_lighting)
+    model.to(args.device)
+    optimizer.load_state_dict(optimizer.state_dict())  # velocities onto the model's device
+
+    train_loader, val_loader = make_loaders(args, train, val, stats, model.input_size)
+    for epoch in range(first_epoch, args.epochs):
+        started = time.perf_counter()
+        record = {"epoch": epoch + 1, "lr": optimizer.lr}
+        record.update(train_one_epoch(model, optimizer, train_loader, epoch, args))
+        record.update(evaluate(model, val_loader, args))
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        print(f"epoch {epoch + 1}/{args.epochs}  lr {record['lr']:.4g}  "
+              f"train loss {record['train_loss']:.3f} top-1 {record['train_top1']:.3f}  |  "
+              f"val loss {record['val_loss']:.3f} top-1 {record['val_top1']:.3f} "
+              f"top-5 {record['val_top5']:.3f}  ({record['seconds']:.0f} s, "
+              f"{record['train_images_per_s']:.0f} img/s)", flush=True)
+        schedule.step(record["val_loss"])
+        save_checkpoint(checkpoint_path, model, optimizer, schedule, epoch, config, stats,
+                        history)
+        write_results(args.out, history, config, model)
+    return history
+
+
+def write_results(out, history, config, model):
+    final = {key: history[-1][key] for key in ("val_top1", "val_top5", "val_loss", "train_loss",
+                                               "train_top1")}
+    final["epochs"] = history[-1]["epoch"]
+    metrics = {"config": config, "epochs": history, "final": final}
+    path = os.path.join(out, "metrics.json")
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(metrics, file, indent=2)
+    os.replace(temporary, path)
+    plot_curves(history, os.path.join(out, "curves.png"))
+    plot_filters(mx.backend.as_numpy(model.features[0].weight.data),
+                 os.path.join(out, "conv1_filters.png"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        history = run(args)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = history[-1]
+    print(f"done in {time.perf_counter() - started:.0f} s: val top-1 {final['val_top1']:.3f}, "
+          f"top-5 {final['val_top5']:.3f}; results in {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
