@@ -194,3 +194,17 @@ def test_kaiming_initialisation():
         gain = 1.0 if index == len(layers) - 1 else 2.0
         assert layer.weight.data.std() == pytest.approx(np.sqrt(gain / fan_in), rel=0.05)
         assert not layer.bias.data.any()
+
+
+@pytest.mark.parametrize("variant", ["paper", "seed", "torchvision"])
+def test_dropout_argument_sets_every_dropout_layer(variant):
+    model = mx.models.alexnet(variant, num_classes=10, width=0.0625, dropout=0.2)
+    probabilities = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert probabilities == [0.2, 0.2]
+    # dropout 0 in training mode is the identity: two passes give the same logits
+    model = mx.models.alexnet(variant, num_classes=10, width=0.0625, dropout=0.0).train()
+    x = tensor(np.random.default_rng(0).standard_normal((2, 3, model.input_size,
+                                                         model.input_size), dtype=np.float32))
+    np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+    with pytest.raises(ValueError, match="dropout must be in"):
+        mx.models.alexnet(variant, dropout=1.0)

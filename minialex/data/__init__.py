@@ -4,7 +4,7 @@ A dataset has `classes` (a list of names), `__len__`, and `__getitem__(i) -> (im
 the image a uint8 array (H, W, 3) in RGB, the label an int. Transforms turn an image into the
 network's float32 (3, S, S) input; the loader batches them in background threads.
 """
-from .folder import ImageFolder  # noqa: F401
+from .folder import ImageFolder, load_image  # noqa: F401
 from .loader import DataLoader  # noqa: F401
 from .synthetic import SyntheticShapes  # noqa: F401
 from .transforms import (  # noqa: F401

@@ -43,6 +43,24 @@ def _list_names(names, limit=5):
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def load_image(path, image_size=256):
+    """The image file at `path` as the paper feeds it (§2): uint8 (image_size, image_size, 3) RGB.
+
+    Decode, scale the shorter side to image_size (bilinear), take the centre square. Raises
+    OSError (Pillow's UnidentifiedImageError is one) for a missing or unreadable file.
+    """
+    with Image.open(path) as image:
+        # A JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing; `draft` picks the
+        # smallest of those that keeps both sides >= image_size: big photos decode much faster.
+        image.draft("RGB", (image_size, image_size))
+        image = image.convert("RGB")                    # decodes the file; errors surface here
+    width, height = image.size
+    scale = image_size / min(width, height)
+    new_size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(CenterCrop(image_size)(np.asarray(image)))
+
+
 class ImageFolder:
     """The images of root/split/<class>/, each as a uint8 (image_size, image_size, 3) RGB array.
 
@@ -77,7 +95,6 @@ class ImageFolder:
         self.skipped = 0
         self._corrupt = set()                           # indices whose file failed to decode
         self._lock = threading.Lock()                   # loader threads share `skipped`
-        self._center_crop = CenterCrop(image_size)
 
     def _check_other_split_has_the_same_classes(self):
         other = OTHER_SPLIT.get(self.split)
@@ -108,18 +125,8 @@ class ImageFolder:
         return image, label
 
     def load(self, path):
-        """Decode, shorter side to image_size (bilinear), centre image_size x image_size crop."""
-        size = self.image_size
-        with Image.open(path) as image:
-            # A JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing; `draft` picks the
-            # smallest of those that keeps both sides >= size, so big photos decode much faster.
-            image.draft("RGB", (size, size))
-            image = image.convert("RGB")                # decodes the file; errors surface here
-        width, height = image.size
-        scale = size / min(width, height)
-        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
-        return np.ascontiguousarray(self._center_crop(np.asarray(image)))
+        """The image at `path` as this folder serves it (see `load_image`)."""
+        return load_image(path, self.image_size)
 
     def _skip(self, index, path, error):
         with self._lock:

@@ -35,23 +35,39 @@ def output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _phase_shape(OH, OW, KH, KW, SH, SW):
+    """Rows and columns per phase: window offset i reads phase i % SH from row i // SH on."""
+    return OH + (KH - 1) // SH, OW + (KW - 1) // SW
+
+
 def im2col(x, KH, KW, SH, SW, PH, PW):
     """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW), every window of the padded input a column.
 
     The channel axis goes first so that each group's rows are one contiguous block and the
     GEMM's long axis P = N * OH * OW is the fast one.
+
+    With stride S > 1 a window offset i reads every S-th row, a slow strided gather. So the
+    padded input is first split by phase: row h = S a + r goes to phase r, row a. Offset i
+    then reads phase i % S from row i // S on, as one unit-stride block (conv1, stride 4:
+    one extra pass over x makes each of the 121 copies a plain memcpy of rows).
     """
     xp = get_array_module(x)
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
-    # (C, N, H + 2 PH, W + 2 PW): the channel-major copy costs one pass over x, and makes every
-    # slice below land in col as one contiguous block
-    x_padded = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=x.dtype)
-    x_padded[:, :, PH:PH + H, PW:PW + W] = x.transpose(1, 0, 2, 3)
+    AH, AW = _phase_shape(OH, OW, KH, KW, SH, SW)
+    # (C, N, SH AH, SW AW): channel-major, padded, and cut or extended to whole phases; rows
+    # that no window reads are dropped, and missing ones are zeros like the padding
+    x_padded = xp.zeros((C, N, SH * AH, SW * AW), dtype=x.dtype)
+    rows, columns = min(H, SH * AH - PH), min(W, SW * AW - PW)
+    x_padded[:, :, PH:PH + rows, PW:PW + columns] = x[:, :, :rows, :columns].transpose(1, 0, 2, 3)
+    # (C, SH, SW, N, AH, AW): the phases; a view with no copy when the stride is 1
+    phases = xp.ascontiguousarray(
+        x_padded.reshape(C, N, AH, SH, AW, SW).transpose(0, 3, 5, 1, 2, 4))
     col = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
     for i in range(KH):
         for j in range(KW):
-            col[:, i, j] = x_padded[:, :, i:i + SH * (OH - 1) + 1:SH, j:j + SW * (OW - 1) + 1:SW]
+            a, b = i // SH, j // SW
+            col[:, i, j] = phases[:, i % SH, j % SW, :, a:a + OH, b:b + OW]
     return col
 
 
@@ -59,16 +75,25 @@ def col2im(col, x_shape, SH, SW, PH, PW):
     """The adjoint of im2col: add every column back onto the pixels it was copied from.
 
     col (C, KH, KW, N, OH, OW) -> x (N, C, H, W). Where windows overlap (stride < kernel) a pixel
-    collects one contribution from every window that contains it.
+    collects one contribution from every window that contains it. The sums go into the same
+    phases as in im2col, which are then put back in place.
     """
     xp = get_array_module(col)
     N, C, H, W = x_shape
     _, KH, KW, _, OH, OW = col.shape
-    x_padded = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
+    AH, AW = _phase_shape(OH, OW, KH, KW, SH, SW)
+    phases = xp.zeros((C, SH, SW, N, AH, AW), dtype=col.dtype)
     for i in range(KH):
         for j in range(KW):
-            x_padded[:, :, i:i + SH * (OH - 1) + 1:SH, j:j + SW * (OW - 1) + 1:SW] += col[:, i, j]
-    return x_padded[:, :, PH:PH + H, PW:PW + W].transpose(1, 0, 2, 3)
+            a, b = i // SH, j // SW
+            phases[:, i % SH, j % SW, :, a:a + OH, b:b + OW] += col[:, i, j]
+    # (N, C, H, W): back from phases to rows and columns, then the padding cut away; pixels no
+    # window reached get zero
+    x_padded = phases.transpose(3, 0, 4, 1, 5, 2).reshape(N, C, SH * AH, SW * AW)
+    grad_x = xp.zeros(x_shape, dtype=col.dtype)
+    rows, columns = min(H, SH * AH - PH), min(W, SW * AW - PW)
+    grad_x[:, :, :rows, :columns] = x_padded[:, :, PH:PH + rows, PW:PW + columns]
+    return grad_x
 
 
 class Conv2d(Function):

@@ -14,6 +14,7 @@ converted from torchvision load into the `torchvision` variant as they are.
 
 `width` multiplies every channel count and the width of fc6 and fc7, keeping the topology,
 kernel sizes and strides: width=0.25 trains on a CPU in minutes, width=1 is the real thing.
+`dropout` sets the paper's p = 0.5 of fc6 and fc7 (torchvision's AlexNet has the same argument).
 """
 import numpy as np
 
@@ -30,12 +31,15 @@ def _scaled(channels, width, multiple=2):
 
 
 class AlexNet(nn.Module):
-    def __init__(self, variant="paper", num_classes=1000, width=1.0, init="pytorch"):
+    def __init__(self, variant="paper", num_classes=1000, width=1.0, init="pytorch",
+                 dropout=0.5):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"alexnet: unknown variant {variant!r}; expected one of {VARIANTS}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"alexnet: num_classes must be a positive int; got {num_classes!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"alexnet: dropout must be in [0, 1); got {dropout!r}")
         if not width > 0:
             raise ValueError(f"alexnet: width must be > 0; got {width!r}")
         if init not in INITS:
@@ -71,10 +75,10 @@ class AlexNet(nn.Module):
             self.classifier = nn.Sequential(
                 nn.Linear(flat, hidden),                                     # (N, 4096) fc6
                 nn.ReLU(),
-                nn.Dropout(0.5),
+                nn.Dropout(dropout),
                 nn.Linear(hidden, hidden),                                   # (N, 4096) fc7
                 nn.ReLU(),
-                nn.Dropout(0.5),
+                nn.Dropout(dropout),
                 nn.Linear(hidden, num_classes),                              # (N, 1000) fc8
             )
         else:
@@ -98,10 +102,10 @@ class AlexNet(nn.Module):
                 self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
             self.flatten = nn.Flatten()                                      # (N, 9216)
             self.classifier = nn.Sequential(
-                nn.Dropout(0.5),
+                nn.Dropout(dropout),
                 nn.Linear(flat, hidden),                                     # (N, 4096) fc6
                 nn.ReLU(),
-                nn.Dropout(0.5),
+                nn.Dropout(dropout),
                 nn.Linear(hidden, hidden),                                   # (N, 4096) fc7
                 nn.ReLU(),
                 nn.Linear(hidden, num_classes),                              # (N, 1000) fc8
@@ -167,6 +171,10 @@ def init_kaiming(model):
     return model
 
 
-def alexnet(variant="paper", num_classes=1000, width=1.0, init="pytorch"):
-    """Build AlexNet: variant "paper", "seed" or "torchvision" (see the module docstring)."""
-    return AlexNet(variant, num_classes, width, init)
+def alexnet(variant="paper", num_classes=1000, width=1.0, init="pytorch", dropout=0.5):
+    """Build AlexNet: variant "paper", "seed" or "torchvision" (see the module docstring).
+
+    dropout: the probability of zeroing a unit of fc6 and fc7 in training, 0.5 in the paper
+    (§4.2); 0 keeps the layers (they become the identity) so state dicts stay compatible.
+    """
+    return AlexNet(variant, num_classes, width, init, dropout)
