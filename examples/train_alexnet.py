@@ -435,6 +435,14 @@ def main(argv=None):
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.path.exists(os.path.join(args.out, CHECKPOINT)):
+            print(f"\ninterrupted; {args.out}/{CHECKPOINT} holds the last finished epoch, and "
+                  "--resume continues from it", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch ended; nothing was saved",
+                  file=sys.stderr)
+        return 130
     final = history[-1]
     print(f"done in {time.perf_counter() - started:.0f} s: val top-1 {final['val_top1']:.3f}, "
           f"top-5 {final['val_top5']:.3f}; results in {args.out}/")
