@@ -332,7 +332,8 @@ def plot_filters(weight, path, initial=None):
 def run(args):
     if args.device == "cuda" and not mx.backend.cupy_available():
         raise TrainingError("--device cuda: no usable GPU here (CuPy is not installed, or there "
-                            "is no CUDA device); use --device cpu")
+                            "is no CUDA device). On a machine with an NVIDIA GPU: "
+                            "pip install -e '.[gpu]'; else use --device cpu")
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
     checkpoint = None
     if args.resume:

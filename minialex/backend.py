@@ -66,7 +66,12 @@ def to_device(array, device):
     if device == "cpu":
         return _cupy.asnumpy(array)
     cupy = _import_cupy()
-    if cupy.cuda.runtime.getDeviceCount() == 0:
+    try:
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDARuntimeError: no driver, or a driver too old for CuPy
+        raise RuntimeError(f"device 'cuda' was asked for, but CuPy finds no usable CUDA "
+                           f"device ({error})") from error
+    if devices == 0:
         raise RuntimeError("device 'cuda' was asked for, but CuPy sees no CUDA device")
     return cupy.asarray(array)
 

@@ -47,6 +47,8 @@ class SGD:
                 grad = grad + self.weight_decay * p.data
             if self.momentum:
                 u = self.velocity[index]
+                if u is not None and backend.device_of(u) != p.device:  # model.to() since
+                    u = self.velocity[index] = backend.to_device(u, p.device)
                 if u is None:
                     u = self.velocity[index] = grad.copy()
                 else:

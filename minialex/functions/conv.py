@@ -20,12 +20,14 @@ im2col copies every window into a column, so that the sums become one matrix pro
 
 Over 90% of AlexNet's arithmetic is these products (ALEXNET.md, Work per image), so they go to
 BLAS in one call per group, never a loop over images. The loops left in im2col and col2im run over
-the KH x KW window offsets only; each step copies a strided slice of the whole batch.
+the KH x KW window offsets only; each step copies a strided slice of the whole batch. On the GPU
+(float32) the products run on our SGEMM kernel and the copies on kernels/im2col.cu (cuda.py).
 
 Groups are the paper's two GPUs (§3.5, Figure 2): in conv2, conv4 and conv5 each half of the
 filters sees only the half of the channels that lives on its own GPU. Here they are G
 independent products over the channel groups, which is also how PyTorch's `groups` works.
 """
+from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -51,6 +53,8 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
     then reads phase i % S from row i // S on, as one unit-stride block (conv1, stride 4:
     one extra pass over x makes each of the 121 copies a plain memcpy of rows).
     """
+    if cuda.uses_kernels(x):  # float32 on the GPU: our kernel (kernels/im2col.cu)
+        return cuda.im2col(x, KH, KW, SH, SW, PH, PW)
     xp = get_array_module(x)
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
@@ -78,6 +82,8 @@ def col2im(col, x_shape, SH, SW, PH, PW):
     collects one contribution from every window that contains it. The sums go into the same
     phases as in im2col, which are then put back in place.
     """
+    if cuda.uses_kernels(col):  # on the GPU: one thread per pixel, gathering its copies
+        return cuda.col2im(col, x_shape, SH, SW, PH, PW)
     xp = get_array_module(col)
     N, C, H, W = x_shape
     _, KH, KW, _, OH, OW = col.shape
@@ -112,7 +118,11 @@ class Conv2d(Function):
         self.col = col.reshape(G, CG * KH * KW, N * OH * OW)  # (G, CG KH KW, P): for grad_w
         self.w = w                                            # (F, CG, KH, KW): for grad_x
         self.x_shape = x.shape
-        y = xp.matmul(w.reshape(G, F // G, CG * KH * KW), self.col)  # (G, FG, P)
+        w_g = w.reshape(G, F // G, CG * KH * KW)
+        if cuda.uses_kernels(x):  # our SGEMM kernel (kernels/sgemm.cu), not cuBLAS
+            y = cuda.sgemm(w_g, self.col)
+        else:
+            y = xp.matmul(w_g, self.col)  # (G, FG, P)
         y = y.reshape(F, N, OH, OW)
         if b is not None:
             y += b.reshape(F, 1, 1, 1)
@@ -128,15 +138,23 @@ class Conv2d(Function):
         G = self.G
         _, CG, KH, KW = self.w.shape
         gy_g = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(G, F // G, N * OH * OW)
+        on_kernels = cuda.uses_kernels(gy)  # on the GPU: SGEMM, one operand read transposed
         grad_x = grad_w = grad_b = None
         if self.needs_grad[0]:
             w_g = self.w.reshape(G, F // G, CG * KH * KW)
-            grad_col = xp.matmul(w_g.transpose(0, 2, 1), gy_g)  # (G, CG KH KW, P)
+            if on_kernels:
+                grad_col = cuda.sgemm(w_g, gy_g, trans_a=True)
+            else:
+                grad_col = xp.matmul(w_g.transpose(0, 2, 1), gy_g)  # (G, CG KH KW, P)
             grad_col = grad_col.reshape(G * CG, KH, KW, N, OH, OW)
             grad_x = col2im(grad_col, self.x_shape, self.SH, self.SW, self.PH, self.PW)
             grad_x = xp.ascontiguousarray(grad_x)
         if self.needs_grad[1]:
-            grad_w = xp.matmul(gy_g, self.col.transpose(0, 2, 1)).reshape(self.w.shape)
+            if on_kernels:
+                grad_w = cuda.sgemm(gy_g, self.col, trans_b=True)
+            else:
+                grad_w = xp.matmul(gy_g, self.col.transpose(0, 2, 1))  # (G, FG, CG KH KW)
+            grad_w = grad_w.reshape(self.w.shape)
         if len(self.needs_grad) > 2 and self.needs_grad[2]:
             grad_b = gy.sum(axis=(0, 2, 3))
         return grad_x, grad_w, grad_b

@@ -10,8 +10,10 @@ Notation: N is the batch size, IN the input features, OUT the output features.
 
 In AlexNet fc6 maps 256*6*6 = 9216 features to 4096, fc7 4096 to 4096 and fc8 4096 to the 1000
 classes: 58.6 million of the network's 61 million parameters. The whole layer is one matrix
-product, done by the BLAS that NumPy links (cuBLAS under CuPy).
+product, done by the BLAS that NumPy links; on the GPU (float32) by our SGEMM kernel
+(kernels/sgemm.cu, through cuda.py), reading the transposed operand in place.
 """
+from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
 
@@ -21,7 +23,10 @@ class Linear(Function):
         xp = get_array_module(x)
         self.x = x            # (N, IN): needed for the weight's gradient
         self.weight = weight  # (OUT, IN): needed for the input's gradient
-        y = xp.matmul(x, weight.T)  # (N, OUT)
+        if cuda.uses_kernels(x):
+            y = cuda.sgemm(x, weight, trans_b=True)
+        else:
+            y = xp.matmul(x, weight.T)  # (N, OUT)
         if bias is not None:
             y += bias  # broadcast over the batch; y is a fresh array, so in place is safe
         return y
@@ -34,8 +39,12 @@ class Linear(Function):
     # input, the image batch).
     def backward(self, gy):
         xp = get_array_module(gy)
-        gx = xp.matmul(gy, self.weight) if self.needs_grad[0] else None
-        gw = xp.matmul(gy.T, self.x) if self.needs_grad[1] else None
+        if cuda.uses_kernels(gy):
+            gx = cuda.sgemm(gy, self.weight) if self.needs_grad[0] else None
+            gw = cuda.sgemm(gy, self.x, trans_a=True) if self.needs_grad[1] else None
+        else:
+            gx = xp.matmul(gy, self.weight) if self.needs_grad[0] else None
+            gw = xp.matmul(gy.T, self.x) if self.needs_grad[1] else None
         if len(self.needs_grad) == 2:  # called without a bias
             return gx, gw
         gb = gy.sum(axis=0) if self.needs_grad[2] else None

@@ -36,6 +36,7 @@ P_h (OH, H) holds 1/(bin size) on bin i's rows in row i, and
 """
 import numpy as np
 
+from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -97,6 +98,10 @@ class MaxPool2d(Function):
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         OH = pool_output_size(H, KH, SH, PH, self.ceil_mode)
         OW = pool_output_size(W, KW, SW, PW, self.ceil_mode)
+        self.input_shape = (N, C, H, W)
+        if cuda.uses_kernels(x) and KH * KW <= 256:  # GPU: one thread per window (pool.cu)
+            y, self.argmax = cuda.maxpool_forward(x, KH, KW, SH, SW, PH, PW, OH, OW)
+            return y
         # In ceil mode the last window may run past the bottom/right padding: pad further.
         pad_bottom = max(PH, (OH - 1) * SH + KH - H - PH)
         pad_right = max(PW, (OW - 1) * SW + KW - W - PW)
@@ -123,7 +128,6 @@ class MaxPool2d(Function):
             argmax += ~max_seen
 
         self.argmax = argmax  # (N, C, OH, OW): offset di*KW + dj of the max in its window
-        self.input_shape = (N, C, H, W)
         self.padded_shape = xpad.shape  # (N, C, PH + H + pad_bottom, PW + W + pad_right)
         return y
 
@@ -137,7 +141,10 @@ class MaxPool2d(Function):
     def backward(self, gy):
         xp = get_array_module(gy)
         N, C, H, W = self.input_shape
-        (KH, KW), (PH, PW) = self.kernel_size, self.padding
+        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
+        if cuda.uses_kernels(gy) and KH * KW <= 256:  # one thread per pixel, gathering
+            return cuda.maxpool_backward(gy, self.argmax, self.input_shape, KH, KW, SH, SW,
+                                         PH, PW)
         OH, OW = gy.shape[2:]
         gx_padded = xp.zeros(self.padded_shape, dtype=gy.dtype)
         for di in range(KH):
