@@ -1,0 +1,164 @@
+"""Winograd convolution: the same stride-1 convolution as conv.py with fewer multiplications.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2015), after Winograd (1980).
+Notation as in conv.py (N C H W, F G CG FG, PH PW, OH OW), and:
+    r           kernel size (KH = KW = r)
+    m           output tile: each tile of m x m outputs is computed at once
+    a           input tile: a = m + r - 1 (the tiles overlap by r - 1)
+    TH, TW      tiles per image: TH = ceil(OH / m);  P = N TH TW tiles in the batch
+    AT, G, BT   the transforms, (m, a), (a, r) and (a, a) (`transforms`)
+
+In one dimension, m outputs of a correlation with an r-tap filter g are
+
+    y = AT [(G g) * (BT d)]        d: the a inputs the m windows cover;  * elementwise
+
+a products instead of m r: both are polynomial products evaluated at a points and interpolated
+(Toom-Cook). In two dimensions the transforms act on rows and columns of each tile,
+
+    Y = AT [ sum_c (G g_c GT) * (BT d_c B) ] A          (m, m) from (a, a) tiles,
+
+and the sum over input channels, for each of the a^2 points, is a matrix product of
+U (FG, CG) = transformed filters with V (CG, P) = transformed input tiles. F(4x4, 3x3) takes 36
+products per 16 outputs where direct convolution takes 144: conv3 to conv5 of AlexNet do 2.3 to
+4 times fewer multiply-adds, conv2 with F(3x3, 5x5) 4.6 times. The transforms are cheap
+(products with small constant matrices, `_both_sides`) but move memory, and their rounding
+grows with a: in float32 the error stays near 1e-6 of the output's scale for a <= 7
+(tests/test_winograd.py).
+
+Backward is the adjoint of each step, in reverse order: with dM = A dY AT (per tile),
+dU = dM @ VT gives the filters' gradient through GT dU G, and dV = UT @ dM gives the input's
+through B dV BT, whose overlapping tiles add up. All of it is exact in exact arithmetic, so a
+float64 gradient check holds to 1e-10 like the direct path's.
+
+conv2d (conv.py) uses this path on the CPU for stride-1 square kernels with a tile in
+WINOGRAD_TILES; im2col stays the reference, and the path for everything else.
+"""
+import functools
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..tensor import Function
+
+# Output tile m for a kernel size r, from benchmarks/bench_alexnet.py on a 2-core CPU: m = 4 for
+# AlexNet's 3x3 layers (tiles of 6x6 cover 13x13 outputs with 4x4 tiles), m = 3 for conv2's 5x5
+# (9 x 3 = 27 outputs exactly).
+WINOGRAD_TILES = {3: 4, 5: 3}
+
+# Interpolation points; infinity is always the last one. Small integers and halves keep the
+# transforms' entries small, which keeps float32 rounding small.
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
+
+
+@functools.lru_cache(maxsize=None)
+def transforms(m, r):
+    """AT (m, a), G (a, r), BT (a, a) of F(m, r), in float64, a = m + r - 1.
+
+    Evaluating a polynomial of n coefficients at the points is the (a, n) matrix
+    E_n = [p^0 p^1 ... p^(n-1)] per finite point p, and [0 ... 0 1] (the leading coefficient)
+    at infinity. A linear convolution g (r) with h (m) is then s = inv(E_a) [(E_r g) * (E_m h)],
+    and a correlation, its transpose in h, is y = E_m^T [(E_r g) * (inv(E_a)^T d)]:
+    AT = E_m^T, G = E_r, BT = inv(E_a)^T. Row k of BT is scaled by prod_{l != k} (p_k - p_l)
+    and row k of G divided by it (Lavin's form), which makes BT integral.
+    """
+    a = m + r - 1
+    if not 2 <= a <= len(POINTS) + 1:
+        raise ValueError(f"winograd: F({m}, {r}) needs {a} points; at most "
+                         f"{len(POINTS) + 1} are defined")
+    points = POINTS[:a - 1]
+
+    def evaluation(n):
+        finite = [[p ** j for j in range(n)] for p in points]
+        return np.array(finite + [[0.0] * (n - 1) + [1.0]])
+
+    scale = np.array([np.prod([p - q for q in points if q != p]) for p in points] + [1.0])
+    AT = evaluation(m).T
+    G = evaluation(r) / scale[:, None]
+    BT = np.linalg.inv(evaluation(a)).T * scale[:, None]
+    return AT, G, BT
+
+
+def _both_sides(L, X):
+    """L X LT for every trailing index: X (k, k, Q) -> (l, l, Q), with L (l, k).
+
+    One matrix product with the Kronecker product, (l^2, k^2) @ (k^2, Q). Two products with L
+    (rows, then columns) would do fewer multiply-adds, but the second is a batch of products
+    with 6 rows, which BLAS runs several times slower than this one (2 cores, float32).
+    """
+    k, _, Q = X.shape
+    return (np.kron(L, L) @ X.reshape(k * k, Q)).reshape(len(L), len(L), Q)
+
+
+class WinogradConv2d(Function):
+    def __init__(self, padding, groups, tile):
+        self.PH, self.PW = padding
+        self.G = groups
+        self.m = tile
+
+    def _transforms(self, r, dtype):
+        return tuple(t.astype(dtype) for t in transforms(self.m, r))
+
+    def forward(self, x, w, b=None):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        F, CG, r, _ = w.shape
+        G, m, a = self.G, self.m, self.m + r - 1
+        AT, Gr, BT = self._transforms(r, x.dtype)
+        OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
+        TH, TW = -(-OH // m), -(-OW // m)
+        P = N * TH * TW
+        # The input, channels first and zero-padded past the last tile: (C, N, rows, columns)
+        x_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=x.dtype)
+        x_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 0, 2, 3)
+        # Tile (t, u) is x_cn[..., t m : t m + a, u m : u m + a]; element (i, j) of every tile
+        # is one strided slice
+        tiles = xp.empty((a, a, C, N, TH, TW), dtype=x.dtype)
+        for i in range(a):
+            for j in range(a):
+                tiles[i, j] = x_cn[:, :, i:i + m * TH:m, j:j + m * TW:m]
+        V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a * a, G, CG, P)
+        U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, G, F // G, CG)
+        self.V, self.U = V, U  # (a^2, G, CG, P) and (a^2, G, FG, CG): for backward
+        self.x_shape, self.tiles_shape = x.shape, (TH, TW)
+        M = U @ V                                                  # (a^2, G, FG, P)
+        Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
+        y = Y.reshape(m, m, F, N, TH, TW).transpose(3, 2, 4, 0, 5, 1)
+        y = xp.ascontiguousarray(y.reshape(N, F, TH * m, TW * m)[:, :, :OH, :OW])
+        if b is not None:
+            y += b.reshape(F, 1, 1)
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        N, F, OH, OW = gy.shape
+        _, G, FG, CG = self.U.shape
+        C, m, (TH, TW) = G * CG, self.m, self.tiles_shape
+        a = int(round(self.U.shape[0] ** 0.5))
+        r = a - m + 1
+        AT, Gr, BT = self._transforms(r, gy.dtype)
+        P = N * TH * TW
+        # dY as tiles (m, m, F, N, TH, TW), zero past the outputs, then dM = A dY AT per tile
+        gy_tiled = xp.zeros((N, F, TH * m, TW * m), dtype=gy.dtype)
+        gy_tiled[:, :, :OH, :OW] = gy
+        gy_tiles = xp.ascontiguousarray(
+            gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 0, 2, 4))
+        dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a * a, G, FG, P)
+        grad_x = grad_w = grad_b = None
+        if self.needs_grad[0]:
+            dV = self.U.transpose(0, 1, 3, 2) @ dM                  # (a^2, G, CG, P)
+            grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P))
+            grad_tiles = grad_tiles.reshape(a, a, C, N, TH, TW)
+            # The tiles overlap by r - 1: each input pixel collects from every tile it is in
+            H, W = self.x_shape[2:]
+            grad_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=gy.dtype)
+            for i in range(a):
+                for j in range(a):
+                    grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
+            grad_x = grad_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W]
+            grad_x = xp.ascontiguousarray(grad_x.transpose(1, 0, 2, 3))
+        if self.needs_grad[1]:
+            dU = dM @ self.V.transpose(0, 1, 3, 2)                  # (a^2, G, FG, CG)
+            grad_w = (np.kron(Gr, Gr).T @ dU.reshape(a * a, F * CG)).T.reshape(F, CG, r, r)
+        if len(self.needs_grad) > 2 and self.needs_grad[2]:
+            grad_b = gy.sum(axis=(0, 2, 3))
+        return grad_x, grad_w, grad_b
