@@ -72,14 +72,6 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode):
     return out
 
 
-def window_at(di, dj, stride, OH, OW):
-    """The index of offset (di, dj) of every window: xpad[window_at(...)] is (N, C, OH, OW),
-    holding xpad[n, c, i*SH + di, j*SW + dj] at [n, c, i, j]."""
-    SH, SW = stride
-    return (slice(None), slice(None), slice(di, di + SH * (OH - 1) + 1, SH),
-            slice(dj, dj + SW * (OW - 1) + 1, SW))
-
-
 # --------------------------------------------------------------------------------------------
 # Max pooling
 
@@ -110,24 +102,17 @@ class MaxPool2d(Function):
             xpad = xp.pad(x, ((0, 0), (0, 0), (PH, pad_bottom), (PW, pad_right)),
                           constant_values=-np.inf)
 
-        # Offset k = di*KW + dj of all the windows at once is one strided slice of xpad,
-        # (N, C, OH, OW) (window_at). The max is taken slice by slice, in place: no stack of
-        # windows (KH*KW, N, C, OH, OW) is built (320 MB for AlexNet's pool1 at batch 128).
-        offsets = [(di, dj) for di in range(KH) for dj in range(KW)]  # row-major, as k
-        y = xpad[window_at(0, 0, self.stride, OH, OW)].copy()
-        for di, dj in offsets[1:]:
-            xp.maximum(y, xpad[window_at(di, dj, self.stride, OH, OW)], out=y)
-
-        # The offset of the first max (ties go to the first, as in PyTorch) is the number of
-        # offsets before it: the number of k for which no offset up to k holds the max.
-        # Counting that is several times faster than argmax over a stacked window axis.
-        argmax = xp.zeros(y.shape, dtype=np.min_scalar_type(KH * KW - 1))  # uint8 if <= 256
-        max_seen = xp.zeros(y.shape, dtype=bool)
-        for di, dj in offsets[:-1]:
-            max_seen |= xpad[window_at(di, dj, self.stride, OH, OW)] == y
-            argmax += ~max_seen
-
-        self.argmax = argmax  # (N, C, OH, OW): offset di*KW + dj of the max in its window
+        # The max of a window is the max over its rows of the max over its columns: first every
+        # row's KW-wide maxima, colmax (N, C, rows, OW), then KH of those rows, y (N, C, OH, OW).
+        # 2 (KH + KW) passes over the data instead of 2 KH KW, each a strided slice in place.
+        rows = SH * (OH - 1) + KH
+        colmax, self.col_argmax = _max_along(
+            [xpad[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] for dj in range(KW)])
+        y, self.row_argmax = _max_along(
+            [colmax[:, :, di:di + SH * (OH - 1) + 1:SH] for di in range(KH)])
+        # row_argmax (N, C, OH, OW): the window's first row di holding its max; col_argmax
+        # (N, C, rows, OW): in row di, the first column dj holding it. Together: the first max
+        # in row-major order, as in PyTorch.
         self.padded_shape = xpad.shape  # (N, C, PH + H + pad_bottom, PW + W + pad_right)
         return y
 
@@ -135,9 +120,9 @@ class MaxPool2d(Function):
     #     dy[i, j] / dxpad[p, q] = 1 if (p, q) = (i*SH + di*, j*SW + dj*), else 0,
     #     gxpad[p, q] = sum of gy[i, j] over the windows (i, j) whose max sits at (p, q).
     # Windows overlap, so one pixel can be the max of several: the sums must accumulate.
-    # For each offset k = (di, dj), the windows whose max sits at offset k send their gy to
-    # one strided slice of gxpad; adding slice by slice accumulates the overlaps. Then the
-    # padding is cropped away (its gradient is always 0: -inf is never the max).
+    # Backward undoes the two passes in reverse: gy goes to row di* of colmax's gradient, and
+    # from there to column dj* of that row; each step adds slice by slice, which accumulates
+    # the overlaps. Then the padding is cropped away (-inf is never the max).
     def backward(self, gy):
         xp = get_array_module(gy)
         N, C, H, W = self.input_shape
@@ -146,12 +131,31 @@ class MaxPool2d(Function):
             return cuda.maxpool_backward(gy, self.argmax, self.input_shape, KH, KW, SH, SW,
                                          PH, PW)
         OH, OW = gy.shape[2:]
-        gx_padded = xp.zeros(self.padded_shape, dtype=gy.dtype)
+        rows = SH * (OH - 1) + KH
+        grad_colmax = xp.zeros((N, C, rows, OW), dtype=gy.dtype)
         for di in range(KH):
-            for dj in range(KW):
-                routed_here = self.argmax == di * KW + dj  # (N, C, OH, OW)
-                gx_padded[window_at(di, dj, self.stride, OH, OW)] += routed_here * gy
+            grad_colmax[:, :, di:di + SH * (OH - 1) + 1:SH] += (self.row_argmax == di) * gy
+        gx_padded = xp.zeros(self.padded_shape, dtype=gy.dtype)
+        for dj in range(KW):
+            routed_here = (self.col_argmax == dj) * grad_colmax  # (N, C, rows, OW)
+            gx_padded[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] += routed_here
         return xp.ascontiguousarray(gx_padded[:, :, PH:PH + H, PW:PW + W])
+
+
+def _max_along(slices):
+    """The elementwise max of equally shaped arrays, and the index of the first array holding
+    it (uint8 when there are at most 256). Counting the arrays before the first max is several
+    times faster than argmax over a stacked axis, and builds no stack."""
+    xp = get_array_module(slices[0])
+    maximum = slices[0].copy()
+    for s in slices[1:]:
+        xp.maximum(maximum, s, out=maximum)
+    first = xp.zeros(maximum.shape, dtype=np.min_scalar_type(len(slices) - 1))
+    max_seen = xp.zeros(maximum.shape, dtype=bool)
+    for s in slices[:-1]:
+        max_seen |= s == maximum
+        first += ~max_seen
+    return maximum, first
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
