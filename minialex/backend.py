@@ -64,6 +64,15 @@ def cupy_available():
         return False
 
 
+def scatter_add(target, index, values):
+    """target[index[k]] += values[k] for every k, accumulating repeated indices (1-D)."""
+    if isinstance(target, np.ndarray):
+        np.add.at(target, index, values)
+    else:
+        import cupyx  # comes with CuPy
+        cupyx.scatter_add(target, index, values)
+
+
 def get_array_module(*arrays):
     """numpy, or cupy if any of `arrays` is a CuPy array (tensors are unwrapped)."""
     for array in arrays:

@@ -37,7 +37,7 @@ P_h (OH, H) holds 1/(bin size) on bin i's rows in row i, and
 import numpy as np
 
 from .. import cuda
-from ..backend import get_array_module
+from ..backend import get_array_module, scatter_add
 from ..tensor import Function
 
 
@@ -106,23 +106,45 @@ class MaxPool2d(Function):
         # row's KW-wide maxima, colmax (N, C, rows, OW), then KH of those rows, y (N, C, OH, OW).
         # 2 (KH + KW) passes over the data instead of 2 KH KW, each a strided slice in place.
         rows = SH * (OH - 1) + KH
-        colmax, self.col_argmax = _max_along(
+        colmax, col_argmax = _max_along(
             [xpad[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] for dj in range(KW)])
-        y, self.row_argmax = _max_along(
+        y, row_argmax = _max_along(
             [colmax[:, :, di:di + SH * (OH - 1) + 1:SH] for di in range(KH)])
         # row_argmax (N, C, OH, OW): the window's first row di holding its max; col_argmax
         # (N, C, rows, OW): in row di, the first column dj holding it. Together: the first max
-        # in row-major order, as in PyTorch.
-        self.padded_shape = xpad.shape  # (N, C, PH + H + pad_bottom, PW + W + pad_right)
+        # in row-major order, as in PyTorch. Backward needs only where that is in x.
+        self.argmax_index = self._index_in_x(row_argmax, col_argmax)  # (N, C, OH, OW)
         return y
 
-    # y[i, j] = xpad[i*SH + di*, j*SW + dj*], with (di*, dj*) the argmax of window (i, j), so
-    #     dy[i, j] / dxpad[p, q] = 1 if (p, q) = (i*SH + di*, j*SW + dj*), else 0,
-    #     gxpad[p, q] = sum of gy[i, j] over the windows (i, j) whose max sits at (p, q).
-    # Windows overlap, so one pixel can be the max of several: the sums must accumulate.
-    # Backward undoes the two passes in reverse: gy goes to row di* of colmax's gradient, and
-    # from there to column dj* of that row; each step adds slice by slice, which accumulates
-    # the overlaps. Then the padding is cropped away (-inf is never the max).
+    def _index_in_x(self, row_argmax, col_argmax):
+        """The flat index into x (N, C, H, W) of each window's max, or -1 where it is in the
+        padding (only when all of a window's pixels are -inf)."""
+        xp = get_array_module(row_argmax)
+        N, C, H, W = self.input_shape
+        (SH, SW), (PH, PW) = self.stride, self.padding
+        OH, OW = row_argmax.shape[2:]
+        column = xp.zeros(row_argmax.shape, dtype=col_argmax.dtype)  # dj of the max
+        for di in range(self.kernel_size[0]):
+            column += (row_argmax == di) * col_argmax[:, :, di:di + SH * (OH - 1) + 1:SH]
+        top = (xp.arange(OH) * SH - PH).reshape(OH, 1)  # each window's first row in x
+        left = xp.arange(OW) * SW - PW                    # and first column
+        index = row_argmax.astype(np.int64)               # (N, C, OH, OW) flat index in x
+        index *= W
+        index += column
+        index += top * W + left
+        index += (xp.arange(N * C) * (H * W)).reshape(N, C, 1, 1)
+        if PH or PW or self.ceil_mode:
+            h, w = row_argmax + top, column + left
+            index[(h < 0) | (h >= H) | (w < 0) | (w >= W)] = -1
+        return index
+
+    # y[i, j] = x[i*SH + di* - PH, j*SW + dj* - PW], with (di*, dj*) the argmax of window
+    # (i, j), so
+    #     dy[i, j] / dx[p, q] = 1 if x[p, q] is that pixel, else 0,
+    #     gx[p, q] = sum of gy[i, j] over the windows (i, j) whose max is x[p, q].
+    # Windows overlap, so one pixel can be the max of several: the sums must accumulate, which
+    # scatter_add (numpy.add.at) does. The indices come nearly in increasing order, so it
+    # runs through memory once.
     def backward(self, gy):
         xp = get_array_module(gy)
         N, C, H, W = self.input_shape
@@ -130,16 +152,13 @@ class MaxPool2d(Function):
         if cuda.uses_kernels(gy) and KH * KW <= 256:  # one thread per pixel, gathering
             return cuda.maxpool_backward(gy, self.argmax, self.input_shape, KH, KW, SH, SW,
                                          PH, PW)
-        OH, OW = gy.shape[2:]
-        rows = SH * (OH - 1) + KH
-        grad_colmax = xp.zeros((N, C, rows, OW), dtype=gy.dtype)
-        for di in range(KH):
-            grad_colmax[:, :, di:di + SH * (OH - 1) + 1:SH] += (self.row_argmax == di) * gy
-        gx_padded = xp.zeros(self.padded_shape, dtype=gy.dtype)
-        for dj in range(KW):
-            routed_here = (self.col_argmax == dj) * grad_colmax  # (N, C, rows, OW)
-            gx_padded[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] += routed_here
-        return xp.ascontiguousarray(gx_padded[:, :, PH:PH + H, PW:PW + W])
+        index, gy = self.argmax_index.ravel(), gy.ravel()
+        if PH or PW or self.ceil_mode:  # a max in the padding sends its gradient nowhere
+            inside = index >= 0
+            index, gy = index[inside], gy[inside]
+        gx = xp.zeros(N * C * H * W, dtype=gy.dtype)
+        scatter_add(gx, index, gy)
+        return gx.reshape(N, C, H, W)
 
 
 def _max_along(slices):
