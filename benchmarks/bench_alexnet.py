@@ -25,15 +25,20 @@ Method.
 - Training step: forward, cross-entropy, zero_grad, backward, SGD(lr=0.01, momentum=0.9,
   weight_decay=5e-4) step, dropout active. --warmup steps first, then --repeats timed ones,
   the engines alternating (A B A B ...) so that a noisy machine slows them alike. The wall
-  clock times each step, with the GPU synchronized before and after. Reported: the median of
-  images/s and its spread (min-max; the IQR is in results.json), GFLOP/s = training FLOP per
-  image x images/s, and that as a fraction of the machine's own limit: the best rate of a
-  float32 SGEMM measured in the same run (numpy.matmul on --sgemm-size^3 on the CPU, cuBLAS
-  through cupy.matmul on 4096^3 with CUPY_TF32=0 on the GPU).
+  clock times each step, with the GPU synchronized before and after. Between two CPU engines
+  the script waits --settle seconds (0.15): a BLAS or OpenMP thread pool spins for a while
+  after its work (OpenBLAS's about 0.1 s) and would take the cores from the engine that runs
+  next (measured on 2 cores: PyTorch's step 2-3x slower without the wait). Reported: the
+  median of images/s and its spread (min-max; the IQR is in results.json), GFLOP/s =
+  training FLOP per image x images/s, and that as a fraction of the machine's own limit: the
+  best rate of a float32 SGEMM, measured at the start and at the end of the run (numpy.matmul
+  on --sgemm-size^3 on the CPU; cuBLAS through cupy.matmul on 4096^3 with CUPY_TF32=0 on the
+  GPU). The 1-minute load average at the start and the end tells whether something else ran.
 - Per layer: every layer of model.features and model.classifier alone (flatten is skipped),
   on its real input (the previous layers' output): forward, then backward of its output with a
   random gradient, the input requiring a gradient except for conv1's (the image's gradient is
-  not needed in training). The same alternation of engines, warm-up and repeats; medians.
+  not needed in training). The same alternation, warm-up and repeats; after the wait between
+  CPU engines the layer runs once untimed (to wake the thread pool); medians.
   FLOP from the shapes: a convolution 2 N F (C/G) KH KW OH OW forward, and as much again for
   each of grad_input and grad_weight backward (conv1 has no grad_input); a linear layer 2 N IN
   OUT, the same way. Layers without arithmetic (ReLU, LRN, pooling, dropout) show GB/s of the
@@ -45,10 +50,12 @@ Method.
   peak minus the resident set just before the step (without /proc: ru_maxrss, the peak only).
   GPU: CuPy's memory pool (every free block released before the step; the pool's size after
   it is its high-water mark) or torch.cuda.max_memory_allocated after reset_peak_memory_stats.
-- Scaling: images/s and memory at each batch of --scaling for the first variant.
+- Scaling: images/s and memory at each batch of --scaling for the first variant (at an
+  engine's own batch, the training step's numbers above).
 
-Output: the tables on the console, and in --out results.json (everything, raw times
-included), results.md (the same tables) and results.png (bar charts; needs matplotlib).
+Output: the tables on the console, and in --out (runs/bench_alexnet) results.json
+(everything, raw times included), results.md (the same tables) and results.png (bar charts;
+needs matplotlib, and is left out with a note without it).
 """
 import argparse
 import functools
@@ -94,6 +101,10 @@ NUM_CLASSES = 1000
 SGD_SETTINGS = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 GPU_SGEMM_SIZE = 4096
 MEMORY_TAG = "bench_alexnet memory: "  # the child's result line starts with this
+FOOTNOTE = ("(x GB/s): a layer without arithmetic; bytes of x and y forward, dy, x and dx "
+            "backward, per second.\nPeak memory: the resident set on the CPU, the allocator's "
+            "high-water mark on the GPU;\nstep working set = peak - memory just before the "
+            "step. Ratios and fractions are of the medians.")
 
 
 def parse_args(argv=None):
@@ -120,6 +131,9 @@ def parse_args(argv=None):
                    "it")
     p.add_argument("--sgemm-size", type=int, default=None,
                    help="n of the n^3 CPU SGEMM that measures the BLAS limit (default 2048)")
+    p.add_argument("--settle", type=float, default=0.15,
+                   help="seconds between two CPU engines' calls, for the thread pool of the one "
+                   "that ran to go idle (default 0.15; 0: none)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory measurements (one subprocess per engine and batch)")
@@ -158,6 +172,8 @@ def parse_args(argv=None):
         p.error(f"--width must be > 0; got {args.width}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1; got {args.threads}")
+    if args.settle < 0:
+        p.error(f"--settle must be >= 0; got {args.settle}")
     if args.sgemm_size < 1:
         p.error(f"--sgemm-size must be >= 1; got {args.sgemm_size}")
     try:
@@ -246,15 +262,47 @@ def training_flop_per_image(rows):
 # ----------------------------------------------------------------------------------------------
 # Engines: the same few operations on minialex and on PyTorch
 
-class MinialexEngine:
-    framework = "minialex"
+class Engine:
+    """One engine: a framework on a device. The subclasses say how to make its arrays and
+    models; the training step and the timing of one layer are the same code for all."""
 
     def __init__(self, name, device):
         self.name, self.label, self.device = name, LABELS[name], device
-        self.xp = np if device == "cpu" else backend._import_cupy()
+        self.batch = DEFAULT_BATCH[device]
 
     def prepare(self):
-        """Settings to make before each timed call (PyTorch's TF32 switches); none here."""
+        """Settings to make before each timed call (PyTorch's TF32 switches)."""
+
+    def step(self, model, optimizer, x, labels):
+        loss = self.cross_entropy(model(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def time_layer(self, layer, x, grad, needs_input_grad):
+        """(forward, backward) seconds of `layer` alone on input x, with the output's gradient
+        `grad`; the weights' gradients are cleared first, as zero_grad() does in training."""
+        for parameter in layer.parameters():
+            parameter.grad = None
+        x = self.leaf(x, needs_input_grad)
+        self.sync()
+        started = time.perf_counter()
+        y = layer(x)
+        self.sync()
+        forward_done = time.perf_counter()
+        y.backward(grad)
+        self.sync()
+        return forward_done - started, time.perf_counter() - forward_done
+
+
+class MinialexEngine(Engine):
+    framework = "minialex"
+
+    def __init__(self, name, device):
+        super().__init__(name, device)
+        self.xp = np if device == "cpu" else backend._import_cupy()
+        self.cross_entropy = F.cross_entropy
 
     def sync(self):
         if self.device == "cuda":
@@ -274,12 +322,8 @@ class MinialexEngine:
     def make_batch(self, images, labels):
         return tensor(images, device=self.device), self.native(labels)
 
-    def step(self, model, optimizer, x, labels):
-        loss = F.cross_entropy(model(x), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
+    def leaf(self, array, requires_grad):
+        return Tensor(array, requires_grad=requires_grad)
 
     def logits(self, model, images):
         model.eval()
@@ -292,28 +336,14 @@ class MinialexEngine:
         with no_grad():
             return layer(Tensor(x)).data
 
-    def time_layer(self, layer, x, grad, needs_input_grad):
-        """(forward, backward) seconds of `layer` alone on input array x."""
-        for parameter in layer.parameters():
-            parameter.grad = None
-        x = Tensor(x, requires_grad=needs_input_grad)
-        self.sync()
-        started = time.perf_counter()
-        y = layer(x)
-        self.sync()
-        forward_done = time.perf_counter()
-        y.backward(grad)
-        self.sync()
-        return forward_done - started, time.perf_counter() - forward_done
 
-
-class TorchEngine:
+class TorchEngine(Engine):
     framework = "torch"
 
     def __init__(self, torch, name):
-        self.torch, self.name, self.label = torch, name, LABELS[name]
-        self.device = "cuda" if name.startswith("torch-gpu") else "cpu"
-        self.fp32 = name != "torch-gpu-defaults"
+        super().__init__(name, "cuda" if name.startswith("torch-gpu") else "cpu")
+        self.torch, self.fp32 = torch, name != "torch-gpu-defaults"
+        self.cross_entropy = torch.nn.functional.cross_entropy
 
     def prepare(self):
         if self.device == "cuda":  # TF32 off for the FP32 row; PyTorch's own defaults otherwise
@@ -340,12 +370,8 @@ class TorchEngine:
     def make_batch(self, images, labels):
         return self.native(images), self.native(labels.astype(np.int64))
 
-    def step(self, model, optimizer, x, labels):
-        loss = self.torch.nn.functional.cross_entropy(model(x), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
+    def leaf(self, x, requires_grad):
+        return x.detach().requires_grad_(requires_grad)
 
     def logits(self, model, images):
         model.eval()
@@ -357,19 +383,6 @@ class TorchEngine:
     def forward_no_grad(self, layer, x):
         with self.torch.no_grad():
             return layer(x)
-
-    def time_layer(self, layer, x, grad, needs_input_grad):
-        for parameter in layer.parameters():
-            parameter.grad = None
-        x = x.detach().requires_grad_(needs_input_grad)
-        self.sync()
-        started = time.perf_counter()
-        y = layer(x)
-        self.sync()
-        forward_done = time.perf_counter()
-        y.backward(grad)
-        self.sync()
-        return forward_done - started, time.perf_counter() - forward_done
 
 
 TORCH_DEFAULTS = {}  # PyTorch's TF32 switches as it came, before this script changes them
@@ -484,15 +497,18 @@ _THREAD_LIMITS = None  # threadpoolctl's limits, held for the life of the proces
 def describe_machine(args, torch):
     machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
                "python": platform.python_version(), "numpy": np.__version__,
-               "platform": platform.platform(),
+               "platform": platform.platform(), "load_average_start": load_average(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     machine.update(blas_description())
-    if torch is not None:
-        machine.update({"torch": torch.__version__, "torch_threads": torch.get_num_threads()})
-    else:
-        machine["torch"] = None
+    machine["torch"] = torch.__version__ if torch is not None else None
+    machine["torch_threads"] = torch.get_num_threads() if torch is not None else None
     machine["gpu"] = gpu_name(torch)
     return machine
+
+
+def load_average():
+    """The 1-minute load average: above 0 before the run starts, something else is running."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def cpu_model():
@@ -579,14 +595,28 @@ def gpu_limit(engines, torch):
 # ----------------------------------------------------------------------------------------------
 # Timing
 
-def alternate(calls, warmup, repeats):
+def alternate(calls, warmup, repeats, settle, rewarm=False):
     """Run (engine, call) pairs in turn, A B A B ..., warmup + repeats rounds; every call
-    returns a tuple of seconds. {engine name: [tuple of each timed round]}."""
+    returns a tuple of seconds. {engine name: [tuple of each timed round]}.
+
+    Before a CPU engine's call, the script waits until `settle` seconds have passed since
+    another CPU engine's last call: the threads of a BLAS or OpenMP pool spin for a while after
+    their work (OpenBLAS's for 2^28 cycles, about 0.1 s) and would take the cores from the
+    engine that runs next. With rewarm=True, a call after such a wait is made twice and only
+    the second one is timed, so that waking the sleeping threads is not counted either.
+    """
     samples = {engine.name: [] for engine, _ in calls}
+    last_cpu_name, last_cpu_end = None, 0.0
     for round_ in range(warmup + repeats):
         for engine, call in calls:
             engine.prepare()
+            if engine.device == "cpu" and last_cpu_name not in (None, engine.name):
+                time.sleep(max(0.0, settle - (time.perf_counter() - last_cpu_end)))
+                if rewarm and settle > 0:
+                    call()
             result = call()
+            if engine.device == "cpu":
+                last_cpu_name, last_cpu_end = engine.name, time.perf_counter()
             if round_ >= warmup:
                 samples[engine.name].append(result)
     return samples
@@ -600,7 +630,7 @@ def spread(values):
 
 
 def sample_images(batch, size, cache={}):
-    """The same images and labels for every engine at this batch (a seeded generator)."""
+    """The same images and labels for every engine at this batch (seeded; cached here)."""
     if (batch, size) not in cache:
         rng = np.random.default_rng(batch)
         cache[(batch, size)] = (rng.standard_normal((batch, 3, size, size), dtype=np.float32),
@@ -636,7 +666,7 @@ def bench_training(engines, models, optimizers, batch_of, size, args):
     for engine in engines:
         x, labels = engine.make_batch(*sample_images(batch_of(engine), size))
         calls.append((engine, functools.partial(timed_step, engine, x, labels)))
-    samples = alternate(calls, args.warmup, args.repeats)
+    samples = alternate(calls, args.warmup, args.repeats, args.settle)
     results = {}
     for engine in engines:
         batch = batch_of(engine)
@@ -648,9 +678,10 @@ def bench_training(engines, models, optimizers, batch_of, size, args):
 
 
 def bench_layers(engines, models, rows_of, size, args):
-    """Every timed layer alone on every engine: {engine: [per layer {forward_s, ...}]}."""
+    """Every timed layer alone on every engine, on its real input (the previous layers' output
+    on that engine): one entry per layer with its FLOP per image and each engine's times."""
     inputs = {e.name: e.native(sample_images(e.batch, size)[0]) for e in engines}
-    results = {e.name: [] for e in engines}
+    entries = []
     for index, row in enumerate(rows_of(engines[0])):
         layers = {e.name: module_at(models[e.name], row["path"]) for e in engines}
         if row["timed"]:
@@ -661,16 +692,31 @@ def bench_layers(engines, models, rows_of, size, args):
                 calls.append((engine, functools.partial(
                     engine.time_layer, layers[engine.name], inputs[engine.name],
                     engine.native(grad), row["needs_input_grad"])))
-            samples = alternate(calls, args.warmup, args.repeats)
+            samples = alternate(calls, args.warmup, args.repeats, args.settle, rewarm=True)
+            del calls
+            batch = row["input_shape"][0]
+            entry = {"name": row["name"], "path": row["path"], "kind": row["kind"],
+                     "input_shape": row["input_shape"][1:],
+                     "output_shape": row["output_shape"][1:],
+                     "forward_flop_per_image": row["forward_flop"] // batch,
+                     "backward_flop_per_image": row["backward_flop"] // batch, "engines": {}}
             for engine in engines:
-                forward = [f for f, _ in samples[engine.name]]
-                backward = [b for _, b in samples[engine.name]]
-                results[engine.name].append({"forward_s": forward, "backward_s": backward})
-            del calls, grad
+                own = rows_of(engine)[index]
+                forward_s = [f for f, _ in samples[engine.name]]
+                backward_s = [b for _, b in samples[engine.name]]
+                seconds = float(np.median(forward_s)) + float(np.median(backward_s))
+                work = own["forward_flop"] + own["backward_flop"]
+                entry["engines"][engine.name] = {
+                    "batch": engine.batch, "forward_s": forward_s, "backward_s": backward_s,
+                    "forward_ms": 1e3 * float(np.median(forward_s)),
+                    "backward_ms": 1e3 * float(np.median(backward_s)),
+                    "gflop_per_s": work / seconds / 1e9 if work else None,
+                    "gb_per_s": (own["forward_bytes"] + own["backward_bytes"]) / seconds / 1e9}
+            entries.append(entry)
         for engine in engines:  # the next layer's input: this layer's output
             inputs[engine.name] = engine.forward_no_grad(layers[engine.name],
                                                          inputs[engine.name])
-    return results
+    return entries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -692,7 +738,7 @@ def measure_memory(args):
     model = engine.build(variant, args.width, state)
     del state
     optimizer = engine.optimizer(model)
-    batch = args.batch or DEFAULT_BATCH[engine.device]
+    batch = args.batch or engine.batch
     size = INPUT_SIZE[variant]
     x, labels = engine.make_batch(*sample_images(batch, size))
 
@@ -751,7 +797,7 @@ def memory_in_subprocess(engine, variant, batch, args, notes):
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     except subprocess.TimeoutExpired:
-        notes.append(f"memory of {engine.name} at batch {batch}: timed out")
+        note(notes, f"memory of {engine.name} at batch {batch}: timed out")
         return None
     for line in done.stdout.splitlines()[::-1]:
         if line.startswith(MEMORY_TAG):
@@ -760,9 +806,8 @@ def memory_in_subprocess(engine, variant, batch, args, notes):
             result["step_bytes"] = None if before is None else result["peak_bytes"] - before
             return result
     why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    notes.append(f"memory of {engine.name} at batch {batch} failed (exit {done.returncode}): "
-                 f"{why}")
-    print("  note: " + notes[-1])
+    note(notes, f"memory of {engine.name} at batch {batch} failed (exit {done.returncode}): "
+         f"{why}")
     return None
 
 
@@ -852,15 +897,18 @@ def markdown_table(headers, body):
 
 def machine_lines(results):
     m = results["machine"]
-    lines = [f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used",
+    lines = [f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used; load average "
+             f"{m['load_average_start']} at the start, {m.get('load_average_end')} at the end",
              f"NumPy {m['numpy']}, BLAS: {m['blas']}, {m['blas_threads'] or '?'} threads",
-             f"PyTorch: {m['torch'] or 'not installed'}" +
+             f"PyTorch: {m['torch'] or 'not in this run'}" +
              (f", {m['torch_threads']} threads" if m.get("torch") else ""),
              f"GPU: {m['gpu'] or 'none'}", f"Python {m['python']} on {m['platform']}"]
     for device, limit in results["limits"].items():
         if limit:
-            lines.append(f"{device.upper()} limit: {limit['gflop_per_s']:.1f} GFLOP/s "
-                         f"({limit['what']}, best of {len(limit['seconds'])})")
+            lines.append(f"{device.upper()} limit: {limit['gflop_per_s']:.1f} GFLOP/s, "
+                         f"{limit['what']} (best of {len(limit['seconds'])}; "
+                         f"{limit['start_gflop_per_s']:.1f} at the start, "
+                         f"{limit['end_gflop_per_s']:.1f} at the end)")
     return lines
 
 
@@ -887,12 +935,10 @@ def sections(results, engines, table):
 def write_markdown(path, results, engines):
     lines = [f"# AlexNet benchmark, {results['machine']['date']}", ""]
     lines += [f"- {line}" for line in machine_lines(results)]
-    lines += [f"- note: {note}" for note in results["notes"]]
+    lines += [f"- note: {text}" for text in results["notes"]]
     for title, table in sections(results, engines, markdown_table):
         lines += ["", f"## {title}", "", table]
-    lines += ["", "(x GB/s): a layer without arithmetic; bytes of x and y forward, dy, x and dx "
-              "backward, per second. Peak memory: resident set on the CPU, allocator high-water "
-              "mark on the GPU; step working set = peak - memory before the step.", ""]
+    lines += ["", FOOTNOTE.replace("\n", " "), ""]
     path.write_text("\n".join(lines))
 
 
@@ -963,7 +1009,9 @@ def add_rates(step, engines, flop_per_image, limits):
         row["ratio_to_torch_cpu"] = rate / torch_cpu if torch_cpu else None
 
 
-def run_variant(variant, engines, args, results, notes, scaling):
+def run_variant(variant, engines, args, notes, scaling):
+    """Everything about one variant: FLOP, the logits check, per layer, the training step, its
+    memory, and the scaling table where `scaling` is True. (result, scaling result or None)"""
     random.manual_seed(0)
     source = alexnet(variant, NUM_CLASSES, width=args.width)  # every engine's weights
     size = source.input_size
@@ -971,10 +1019,9 @@ def run_variant(variant, engines, args, results, notes, scaling):
     models = {e.name: source if e.name == "mx-cpu" else e.build(variant, args.width, state)
               for e in engines}
     rows = {batch: layer_flops(source, (3, size, size), batch)
-            for batch in {e.batch for e in engines}}
-    per_image = layer_flops(source, (3, size, size), 1)
-    flop = {"forward": sum(r["forward_flop"] for r in per_image),
-            "training": training_flop_per_image(per_image)}
+            for batch in {1} | {e.batch for e in engines}}
+    flop = {"forward": sum(r["forward_flop"] for r in rows[1]),
+            "training": training_flop_per_image(rows[1])}
     result = {"flop_per_image": flop, "batch": {e.name: e.batch for e in engines},
               "check_logits": check_logits(engines, models, source, size)}
     print(f"\n=== {variant}, width {args.width}: {flop['training'] / 1e9:.3f} GFLOP per "
@@ -984,74 +1031,66 @@ def run_variant(variant, engines, args, results, notes, scaling):
                                                in result["check_logits"].items()))
     for name, difference in result["check_logits"].items():
         if difference > (1e-2 if name == "torch-gpu-defaults" else 1e-3):
-            notes.append(f"{variant}: {name}'s logits differ from minialex CPU's by "
-                         f"{difference:.1e}: is it the same model?")
-            print("  note: " + notes[-1])
+            note(notes, f"{variant}: {name}'s logits differ from minialex CPU's by "
+                 f"{difference:.1e}: is it the same model?")
 
     if not args.no_layers:
         print(f"timing every layer ({args.warmup} warm-up + {args.repeats} timed rounds)...")
-        timings = bench_layers(engines, models, lambda e: rows[e.batch], size, args)
-        result["layers"] = []
-        timed = [i for i, row in enumerate(per_image) if row["timed"]]
-        for number, index in enumerate(timed):
-            row = per_image[index]
-            entry = {"name": row["name"], "path": row["path"], "kind": row["kind"],
-                     "input_shape": row["input_shape"][1:], "output_shape": row["output_shape"][1:],
-                     "forward_flop_per_image": row["forward_flop"],
-                     "backward_flop_per_image": row["backward_flop"], "engines": {}}
-            for e in engines:
-                timing = timings[e.name][number]
-                batch_row = rows[e.batch][index]
-                forward = float(np.median(timing["forward_s"]))
-                backward = float(np.median(timing["backward_s"]))
-                work = batch_row["forward_flop"] + batch_row["backward_flop"]
-                traffic = batch_row["forward_bytes"] + batch_row["backward_bytes"]
-                entry["engines"][e.name] = {
-                    "batch": e.batch, **timing, "forward_ms": 1e3 * forward,
-                    "backward_ms": 1e3 * backward,
-                    "gflop_per_s": work / (forward + backward) / 1e9 if work else None,
-                    "gb_per_s": traffic / (forward + backward) / 1e9}
-            result["layers"].append(entry)
+        result["layers"] = bench_layers(engines, models, lambda e: rows[e.batch], size, args)
 
-    print(f"timing the training step ({args.warmup} warm-up + {args.repeats} timed steps, "
-          "engines alternating)...")
+    print(f"timing the training step ({args.warmup} warm-up + {args.repeats} timed steps)...")
     optimizers = {e.name: e.optimizer(models[e.name]) for e in engines}
     step = bench_training(engines, models, optimizers, lambda e: e.batch, size, args)
     for e in engines:
         if not np.isfinite(step[e.name]["final_loss"]):
-            notes.append(f"{variant}: {e.name}'s loss is {step[e.name]['final_loss']}: its "
-                         "times include NaN or infinite arithmetic")
-            print("  note: " + notes[-1])
+            note(notes, f"{variant}: {e.name}'s loss is {step[e.name]['final_loss']}: its "
+                 "times include NaN or infinite arithmetic")
     if not args.no_memory:
         print("measuring memory (a process per engine)...")
         for e in engines:
             step[e.name]["memory"] = memory_in_subprocess(e, variant, e.batch, args, notes)
-    add_rates(step, engines, flop["training"], results["limits"])
     result["training_step"] = step
 
-    if scaling:
-        print(f"scaling: batches {', '.join(map(str, args.scaling_batches))}...")
-        by_batch = {e.name: {} for e in engines}
-        for batch in args.scaling_batches:
-            fresh = [e for e in engines if e.batch != batch]  # the others were just measured
-            measured = bench_training(fresh, models, optimizers, lambda e: batch, size,
-                                      args) if fresh else {}
-            for e in engines:
-                if e.batch == batch:
-                    by_batch[e.name][str(batch)] = step[e.name]
-                    continue
-                row = measured[e.name]
-                if not args.no_memory:
-                    row["memory"] = memory_in_subprocess(e, variant, batch, args, notes)
-                by_batch[e.name][str(batch)] = row
-        for batch in args.scaling_batches:
-            add_rates({e.name: by_batch[e.name][str(batch)] for e in engines}, engines,
-                      flop["training"], results["limits"])
-        results["scaling"] = {"variant": variant, "batches": args.scaling_batches,
-                              "engines": by_batch}
-    results["variants"][variant] = result
+    by_batch = {e.name: {} for e in engines}
+    for batch in args.scaling_batches if scaling else []:
+        print(f"scaling: batch {batch}...")
+        fresh = [e for e in engines if e.batch != batch]  # the others were just measured
+        measured = bench_training(fresh, models, optimizers, lambda e: batch, size, args) \
+            if fresh else {}
+        for e in engines:
+            row = by_batch[e.name][str(batch)] = measured.get(e.name, step[e.name])
+            if e.name in measured and not args.no_memory:
+                row["memory"] = memory_in_subprocess(e, variant, batch, args, notes)
     del models, optimizers, source, state
     gc.collect()
+    scaling_result = {"variant": variant, "batches": args.scaling_batches,
+                      "flop_per_image": flop, "engines": by_batch} if scaling else None
+    return result, scaling_result
+
+
+def note(notes, text):
+    notes.append(text)
+    print("  note: " + text)
+
+
+def measure_limits(engines, torch, args):
+    cpu = cpu_limit(args.sgemm_size)
+    gpu = gpu_limit(engines, torch) if any(e.device == "cuda" for e in engines) else None
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def best_limits(start, end):
+    """The better of the measurements at the start and at the end of the run, per device: a
+    busy moment can only slow the SGEMM down."""
+    limits = {}
+    for device in start:
+        if start[device] is None:
+            limits[device] = None
+            continue
+        best = max(start[device], end[device], key=lambda limit: limit["gflop_per_s"])
+        limits[device] = {**best, "start_gflop_per_s": start[device]["gflop_per_s"],
+                          "end_gflop_per_s": end[device]["gflop_per_s"]}
+    return limits
 
 
 def main(argv=None):
@@ -1059,47 +1098,55 @@ def main(argv=None):
     if args.measure_memory is not None:
         return measure_memory(args)
     engines, torch, notes = find_engines(args.engine_names)
-    for note in notes:
-        print("note: " + note)
+    for text in notes:
+        print("note: " + text)
     if not engines:
         print("bench_alexnet: none of the engines asked for (--engines "
               f"{','.join(args.engine_names)}) is available here", file=sys.stderr)
         return 2
     set_threads(args.threads, torch)
     for engine in engines:
-        engine.batch = args.batch or DEFAULT_BATCH[engine.device]
+        engine.batch = args.batch or engine.batch
 
     results = {"machine": describe_machine(args, torch), "notes": notes,
                "settings": {"variants": args.variants, "engines": [e.name for e in engines],
                             "labels": {e.name: e.label for e in engines},
                             "batch": {e.name: e.batch for e in engines},
                             "repeats": args.repeats, "warmup": args.warmup,
-                            "width": args.width, "threads": args.threads,
-                            "num_classes": NUM_CLASSES, "sgd": SGD_SETTINGS,
-                            "torch_defaults": {k: list(v) if isinstance(v, tuple) else v
-                                               for k, v in TORCH_DEFAULTS.items()}},
-               "limits": {}, "variants": {}}
-    print("measuring the SGEMM limits...")
-    results["limits"]["cpu"] = cpu_limit(args.sgemm_size)
-    results["limits"]["gpu"] = gpu_limit(engines, torch) if any(
-        e.device == "cuda" for e in engines) else None
-    print("\n".join(machine_lines(results)))
+                            "settle_s": args.settle, "width": args.width,
+                            "threads": args.threads, "num_classes": NUM_CLASSES,
+                            "sgd": SGD_SETTINGS, "torch_defaults": TORCH_DEFAULTS},
+               "variants": {}, "scaling": None}
+    m = results["machine"]
+    print(f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used; load average "
+          f"{m['load_average_start']}\nNumPy {m['numpy']}, BLAS: {m['blas']}\nPyTorch: "
+          f"{m['torch'] or 'not in this run'}\nGPU: {m['gpu'] or 'none'}")
     print("engines: " + ", ".join(f"{e.label} (batch {e.batch})" for e in engines))
+    print("measuring the SGEMM limit...")
+    start_limits = measure_limits(engines, torch, args)
 
     for index, variant in enumerate(args.variants):
-        run_variant(variant, engines, args, results, notes,
-                    scaling=index == 0 and bool(args.scaling_batches))
-        for title, table in sections({**results, "scaling": None,
-                                      "variants": {variant: results["variants"][variant]}},
-                                     engines, text_table):
-            print(f"\n{title}\n{table}")
-    if results.get("scaling"):
-        title, table = sections({**results, "variants": {}}, engines, text_table)[-1]
-        print(f"\n{title}\n{table}")
-    print("\n(x GB/s): a layer without arithmetic, bytes of x, y forward and dy, x, dx backward "
-          "per second. Peak memory: resident set on the CPU, allocator high-water mark on the "
-          "GPU; step working set = peak - memory just before the step.")
+        scaling = index == 0 and bool(args.scaling_batches)
+        results["variants"][variant], scaling_result = run_variant(variant, engines, args,
+                                                                   notes, scaling)
+        results["scaling"] = results["scaling"] or scaling_result
 
+    print("\nmeasuring the SGEMM limit again...")
+    results["limits"] = best_limits(start_limits, measure_limits(engines, torch, args))
+    m["load_average_end"] = load_average()
+    for result in results["variants"].values():
+        add_rates(result["training_step"], engines, result["flop_per_image"]["training"],
+                  results["limits"])
+    if results["scaling"]:
+        for batch in results["scaling"]["batches"]:
+            add_rates({e.name: results["scaling"]["engines"][e.name][str(batch)]
+                       for e in engines}, engines,
+                      results["scaling"]["flop_per_image"]["training"], results["limits"])
+
+    print("\n" + "\n".join(machine_lines(results)))
+    for title, table in sections(results, engines, text_table):
+        print(f"\n{title}\n{table}")
+    print("\n" + FOOTNOTE)
     out = pathlib.Path(args.out)
     plotted = write_results(out, results, engines)
     print(f"\nresults in {out}/results.json, results.md" + (", results.png" if plotted else ""))
