@@ -73,6 +73,33 @@ def scatter_add(target, index, values):
         cupyx.scatter_add(target, index, values)
 
 
+CHUNK = 1 << 20  # elements per piece of work for run_in_threads: 4 MB of float32
+_threads = None
+
+
+def chunks_of(*arrays):
+    """Matching pieces of CHUNK elements of 1-D arrays of one length (None passes through)."""
+    size = next(a.size for a in arrays if a is not None)
+    return [tuple(None if a is None else a[start:start + CHUNK] for a in arrays)
+            for start in range(0, size, CHUNK)]
+
+
+def run_in_threads(function, pieces):
+    """function(*piece) for every piece, NumPy pieces on a thread per core, CuPy ones in
+    order (the GPU runs them in parallel anyway). Memory-bound NumPy passes release the GIL,
+    so the cores share the work."""
+    global _threads
+    if len(pieces) < 2 or not all(isinstance(a, np.ndarray) for a in pieces[0] if a is not None):
+        for piece in pieces:
+            function(*piece)
+        return
+    if _threads is None:
+        import concurrent.futures
+        _threads = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
+    for done in [_threads.submit(function, *piece) for piece in pieces]:
+        done.result()  # re-raises an error from the thread
+
+
 def get_array_module(*arrays):
     """numpy, or cupy if any of `arrays` is a CuPy array (tensors are unwrapped)."""
     for array in arrays:

@@ -38,24 +38,44 @@ class SGD:
             p.grad = None
 
     def step(self):
-        """One update of every parameter that has a gradient, in place (no new arrays)."""
+        """One update of every parameter that has a gradient, in place.
+
+        The update is a few passes over memory per parameter (no arithmetic to speak of), and
+        NumPy runs each pass on one core; 62 million parameters take ~0.1 s. So on the CPU the
+        large parameters are cut into chunks, updated by a thread per core (NumPy releases the
+        GIL inside each pass): ~25% less on 2 cores, more with more memory channels.
+        """
+        chunks = []
         for index, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            grad = p.grad
-            if self.weight_decay:
-                grad = grad + self.weight_decay * p.data
+            u = None
             if self.momentum:
                 u = self.velocity[index]
                 if u is not None and backend.device_of(u) != p.device:  # model.to() since
                     u = self.velocity[index] = backend.to_device(u, p.device)
-                if u is None:
-                    u = self.velocity[index] = grad.copy()
-                else:
-                    u *= self.momentum
-                    u += grad
-                grad = u
-            p.data -= self.lr * grad
+                if u is None:  # the first step: u = grad + lambda w
+                    u = self.velocity[index] = p.grad.copy()
+                    if self.weight_decay:
+                        u += self.weight_decay * p.data
+                    p.data -= self.lr * u
+                    continue
+            if p.data.flags.c_contiguous:  # a flat view of it, not a copy, can be updated
+                chunks += backend.chunks_of(p.data.reshape(-1), p.grad.reshape(-1),
+                                            None if u is None else u.reshape(-1))
+            else:
+                chunks.append((p.data, p.grad, u))
+        backend.run_in_threads(self._update, chunks)
+
+    def _update(self, w, grad, u):
+        """w, grad, u: matching 1-D pieces of a parameter, its gradient and velocity."""
+        if self.weight_decay:
+            grad = grad + self.weight_decay * w
+        if u is not None:
+            u *= self.momentum
+            u += grad
+            grad = u
+        w -= self.lr * grad
 
     def state_dict(self):
         """The hyper-parameters and the velocities, for checkpoints."""
