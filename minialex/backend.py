@@ -89,7 +89,8 @@ def run_in_threads(function, pieces):
     order (the GPU runs them in parallel anyway). Memory-bound NumPy passes release the GIL,
     so the cores share the work."""
     global _threads
-    if len(pieces) < 2 or not all(isinstance(a, np.ndarray) for a in pieces[0] if a is not None):
+    arrays = [a for a in (pieces[0] if pieces else ()) if hasattr(a, "shape")]
+    if len(pieces) < 2 or not all(isinstance(a, np.ndarray) for a in arrays):
         for piece in pieces:
             function(*piece)
         return

@@ -37,6 +37,7 @@ P_h (OH, H) holds 1/(bin size) on bin i's rows in row i, and
 import numpy as np
 
 from .. import cuda
+from .. import backend
 from ..backend import get_array_module, scatter_add
 from ..tensor import Function
 
@@ -102,21 +103,33 @@ class MaxPool2d(Function):
             xpad = xp.pad(x, ((0, 0), (0, 0), (PH, pad_bottom), (PW, pad_right)),
                           constant_values=-np.inf)
 
+        # A few images at a time, so that the passes below run in cache, on a thread per core
+        y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+        self.argmax_index = xp.empty((N, C, OH, OW), dtype=np.int64)  # where each max is in x
+        step = max(1, (2 << 20) // xpad[0].nbytes)  # images in about 2 MB
+        backend.run_in_threads(self._forward_images, [
+            (xpad[n:n + step], y[n:n + step], self.argmax_index[n:n + step], n)
+            for n in range(0, N, step)])
+        return y
+
+    def _forward_images(self, xpad, y, argmax_index, first_image):
+        """y and argmax_index of the images first_image, ... of the batch, given their xpad."""
+        (KH, KW), (SH, SW) = self.kernel_size, self.stride
+        OH, OW = y.shape[2:]
         # The max of a window is the max over its rows of the max over its columns: first every
-        # row's KW-wide maxima, colmax (N, C, rows, OW), then KH of those rows, y (N, C, OH, OW).
+        # row's KW-wide maxima, colmax (n, C, rows, OW), then KH of those rows, y (n, C, OH, OW).
         # 2 (KH + KW) passes over the data instead of 2 KH KW, each a strided slice in place.
         rows = SH * (OH - 1) + KH
         colmax, col_argmax = _max_along(
             [xpad[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] for dj in range(KW)])
-        y, row_argmax = _max_along(
+        y[...], row_argmax = _max_along(
             [colmax[:, :, di:di + SH * (OH - 1) + 1:SH] for di in range(KH)])
-        # row_argmax (N, C, OH, OW): the window's first row di holding its max; col_argmax
-        # (N, C, rows, OW): in row di, the first column dj holding it. Together: the first max
+        # row_argmax (n, C, OH, OW): the window's first row di holding its max; col_argmax
+        # (n, C, rows, OW): in row di, the first column dj holding it. Together: the first max
         # in row-major order, as in PyTorch. Backward needs only where that is in x.
-        self.argmax_index = self._index_in_x(row_argmax, col_argmax)  # (N, C, OH, OW)
-        return y
+        argmax_index[...] = self._index_in_x(row_argmax, col_argmax, first_image)
 
-    def _index_in_x(self, row_argmax, col_argmax):
+    def _index_in_x(self, row_argmax, col_argmax, first_image):
         """The flat index into x (N, C, H, W) of each window's max, or -1 where it is in the
         padding (only when all of a window's pixels are -inf)."""
         xp = get_array_module(row_argmax)
@@ -132,7 +145,8 @@ class MaxPool2d(Function):
         index *= W
         index += column
         index += top * W + left
-        index += (xp.arange(N * C) * (H * W)).reshape(N, C, 1, 1)
+        n = row_argmax.shape[0]
+        index += ((first_image * C + xp.arange(n * C)) * (H * W)).reshape(n, C, 1, 1)
         if PH or PW or self.ceil_mode:
             h, w = row_argmax + top, column + left
             index[(h < 0) | (h >= H) | (w < 0) | (w >= W)] = -1
