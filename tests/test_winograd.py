@@ -109,3 +109,17 @@ def test_conv2d_takes_the_winograd_path_for_stride_1_kernels_with_a_tile(kwargs,
     x = tensor(np.ones((1, 2, 12, 12), dtype=np.float32), requires_grad=True)
     y = conv.conv2d(x, tensor(np.ones((2, 2, kernel, kernel), dtype=np.float32)), **kwargs)
     assert isinstance(y.creator, WinogradConv2d) == uses_winograd
+
+
+def test_blocks_of_images_give_the_same_result_and_gradients(monkeypatch, rng):
+    """With a tiny BLOCK_BYTES every image is a block of its own: results must not change."""
+    monkeypatch.setattr(WinogradConv2d, "BLOCK_BYTES", 1)
+    x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((4, 2, 3, 3)), \
+        rng.standard_normal(4)
+    function = WinogradConv2d((1, 1), 2, 2)
+    y = function(tensor(x), tensor(w), tensor(b)).numpy()
+    assert len(function.blocks) == 3
+    np.testing.assert_allclose(y, conv2d_naive(x, w, b, (1, 1), (1, 1), 2), rtol=1e-10,
+                               atol=1e-10)
+    inputs = [tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert gradcheck(lambda *t: WinogradConv2d((1, 1), 2, 2)(*t), inputs)

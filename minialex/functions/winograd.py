@@ -90,6 +90,11 @@ def _both_sides(L, X):
 
 
 class WinogradConv2d(Function):
+    # Images per block are chosen so that the products M of a block take about this much:
+    # the a^2 / m^2 times larger Winograd domain then never holds the whole batch (conv2 at
+    # batch 128 would need 0.5 GB for M alone), and a block's arrays stay near the cache.
+    BLOCK_BYTES = 32 << 20
+
     def __init__(self, padding, groups, tile):
         self.PH, self.PW = padding
         self.G = groups
@@ -102,10 +107,30 @@ class WinogradConv2d(Function):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         F, CG, r, _ = w.shape
-        G, m, a = self.G, self.m, self.m + r - 1
-        AT, Gr, BT = self._transforms(r, x.dtype)
+        m, a = self.m, self.m + r - 1
         OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
         TH, TW = -(-OH // m), -(-OW // m)
+        self.x_shape, self.tiles_shape = x.shape, (TH, TW)
+        Gr = self._transforms(r, x.dtype)[1]
+        U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, self.G, F // self.G, CG)
+        self.U = U  # (a^2, G, FG, CG): the filters, transformed
+        step = max(1, self.BLOCK_BYTES // (a * a * F * TH * TW * x.dtype.itemsize))
+        self.blocks = [slice(n, n + step) for n in range(0, N, step)]
+        y = xp.empty((N, F, OH, OW), dtype=x.dtype)
+        self.V = [None] * len(self.blocks)  # per block (a^2, G, CG, P): for backward
+        for index, block in enumerate(self.blocks):
+            y[block], self.V[index] = self._forward_images(x[block], U, r)
+        if b is not None:
+            y += b.reshape(F, 1, 1)
+        return y
+
+    def _forward_images(self, x, U, r):
+        """y (N, F, OH, OW) of a block of N images, and their transformed tiles V."""
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        a2, G, FG, CG = U.shape
+        F, m, a, (TH, TW) = G * FG, self.m, self.m + r - 1, self.tiles_shape
+        AT, _, BT = self._transforms(r, x.dtype)
         P = N * TH * TW
         # The input, channels first and zero-padded past the last tile: (C, N, rows, columns)
         x_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=x.dtype)
@@ -116,49 +141,57 @@ class WinogradConv2d(Function):
         for i in range(a):
             for j in range(a):
                 tiles[i, j] = x_cn[:, :, i:i + m * TH:m, j:j + m * TW:m]
-        V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a * a, G, CG, P)
-        U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, G, F // G, CG)
-        self.V, self.U = V, U  # (a^2, G, CG, P) and (a^2, G, FG, CG): for backward
-        self.x_shape, self.tiles_shape = x.shape, (TH, TW)
+        V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
         M = U @ V                                                  # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
         y = Y.reshape(m, m, F, N, TH, TW).transpose(3, 2, 4, 0, 5, 1)
-        y = xp.ascontiguousarray(y.reshape(N, F, TH * m, TW * m)[:, :, :OH, :OW])
-        if b is not None:
-            y += b.reshape(F, 1, 1)
-        return y
+        OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
+        return y.reshape(N, F, TH * m, TW * m)[:, :, :OH, :OW], V
 
     def backward(self, gy):
         xp = get_array_module(gy)
         N, F, OH, OW = gy.shape
-        _, G, FG, CG = self.U.shape
-        C, m, (TH, TW) = G * CG, self.m, self.tiles_shape
-        a = int(round(self.U.shape[0] ** 0.5))
-        r = a - m + 1
-        AT, Gr, BT = self._transforms(r, gy.dtype)
+        a2, G, FG, CG = self.U.shape
+        a = int(round(a2 ** 0.5))
+        r = a - self.m + 1
+        grad_x = xp.empty(self.x_shape, dtype=gy.dtype) if self.needs_grad[0] else None
+        dU = xp.zeros(self.U.shape, dtype=gy.dtype) if self.needs_grad[1] else None
+        for block, V in zip(self.blocks, self.V):
+            grad_x_block = self._backward_images(gy[block], V, dU, r)
+            if grad_x is not None:
+                grad_x[block] = grad_x_block
+        grad_w = grad_b = None
+        if dU is not None:  # back from the a x a points to r x r taps: GT dU G
+            Gr = self._transforms(r, gy.dtype)[1]
+            grad_w = (np.kron(Gr, Gr).T @ dU.reshape(a2, F * CG)).T.reshape(F, CG, r, r)
+        if len(self.needs_grad) > 2 and self.needs_grad[2]:
+            grad_b = gy.sum(axis=(0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+    def _backward_images(self, gy, V, dU, r):
+        """The gradient of a block's input (if needed); adds the block's part of dU."""
+        xp = get_array_module(gy)
+        N, F, OH, OW = gy.shape
+        a2, G, FG, CG = self.U.shape
+        C, m, a, (TH, TW) = G * CG, self.m, self.m + r - 1, self.tiles_shape
+        AT, _, BT = self._transforms(r, gy.dtype)
         P = N * TH * TW
         # dY as tiles (m, m, F, N, TH, TW), zero past the outputs, then dM = A dY AT per tile
         gy_tiled = xp.zeros((N, F, TH * m, TW * m), dtype=gy.dtype)
         gy_tiled[:, :, :OH, :OW] = gy
         gy_tiles = xp.ascontiguousarray(
             gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 0, 2, 4))
-        dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a * a, G, FG, P)
-        grad_x = grad_w = grad_b = None
-        if self.needs_grad[0]:
-            dV = self.U.transpose(0, 1, 3, 2) @ dM                  # (a^2, G, CG, P)
-            grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P))
-            grad_tiles = grad_tiles.reshape(a, a, C, N, TH, TW)
-            # The tiles overlap by r - 1: each input pixel collects from every tile it is in
-            H, W = self.x_shape[2:]
-            grad_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=gy.dtype)
-            for i in range(a):
-                for j in range(a):
-                    grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
-            grad_x = grad_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W]
-            grad_x = xp.ascontiguousarray(grad_x.transpose(1, 0, 2, 3))
-        if self.needs_grad[1]:
-            dU = dM @ self.V.transpose(0, 1, 3, 2)                  # (a^2, G, FG, CG)
-            grad_w = (np.kron(Gr, Gr).T @ dU.reshape(a * a, F * CG)).T.reshape(F, CG, r, r)
-        if len(self.needs_grad) > 2 and self.needs_grad[2]:
-            grad_b = gy.sum(axis=(0, 2, 3))
-        return grad_x, grad_w, grad_b
+        dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a2, G, FG, P)
+        if dU is not None:
+            dU += dM @ V.transpose(0, 1, 3, 2)                      # (a^2, G, FG, CG)
+        if not self.needs_grad[0]:
+            return None
+        dV = self.U.transpose(0, 1, 3, 2) @ dM                      # (a^2, G, CG, P)
+        grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P)).reshape(a, a, C, N, TH, TW)
+        # The tiles overlap by r - 1: each input pixel collects from every tile it is in
+        H, W = self.x_shape[2:]
+        grad_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=gy.dtype)
+        for i in range(a):
+            for j in range(a):
+                grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
+        return grad_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W].transpose(1, 0, 2, 3)
