@@ -1,13 +1,13 @@
 """Train AlexNet with minialex: on the bundled shapes (no download), or on a folder of JPEGs.
 
-    python examples/train_alexnet.py                       # bundled data, CPU, about 4 minutes
+    python examples/train_alexnet.py                       # bundled data, CPU, about 3 minutes
     python examples/train_alexnet.py --epochs 12 --resume  # continue the run in --out
     python examples/train_alexnet.py --data DIR --width 1 --dropout 0.5 --batch-size 128 \
         --epochs 90 --device cuda --out runs/imagenet     # the paper's run, on ImageNet
 
 The defaults are tuned for the bundled shapes on a 2-core CPU: AlexNet at 1/8 of its width
 (898,554 parameters), 10 epochs of 3000 images, without dropout (which, measured, halves the
-speed of learning in a run this short), reaching above 90% validation top-1 in about 4 minutes.
+speed of learning in a run this short), reaching above 90% validation top-1 in about 3 minutes.
 
 The recipe is the paper's (§5): SGD with momentum 0.9 and weight decay 5e-4, the learning rate
 divided by 10 when the validation loss stops improving; random crops, flips and PCA lighting
