@@ -37,6 +37,7 @@ import functools
 
 import numpy as np
 
+from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -137,10 +138,12 @@ class WinogradConv2d(Function):
         x_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 0, 2, 3)
         # Tile (t, u) is x_cn[..., t m : t m + a, u m : u m + a]; element (i, j) of every tile
         # is one strided slice
+        # Each of the a^2 slices reads all of x_cn: a few channels at a time, that stays near
+        # the cache, on a thread per core (conv4 at batch 32: ~9 ms instead of 13 to 30)
         tiles = xp.empty((a, a, C, N, TH, TW), dtype=x.dtype)
-        for i in range(a):
-            for j in range(a):
-                tiles[i, j] = x_cn[:, :, i:i + m * TH:m, j:j + m * TW:m]
+        step = _channels_in_cache(x_cn)
+        backend.run_in_threads(_gather_tiles, [
+            (x_cn[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
         V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
         M = U @ V                                                  # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
@@ -191,7 +194,29 @@ class WinogradConv2d(Function):
         # The tiles overlap by r - 1: each input pixel collects from every tile it is in
         H, W = self.x_shape[2:]
         grad_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=gy.dtype)
-        for i in range(a):
-            for j in range(a):
-                grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
+        step = _channels_in_cache(grad_cn)  # as in forward, and no two threads add to one
+        backend.run_in_threads(_add_tiles, [
+            (grad_cn[c:c + step], grad_tiles[:, :, c:c + step], m) for c in range(0, C, step)])
         return grad_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W].transpose(1, 0, 2, 3)
+
+
+def _channels_in_cache(x_cn):
+    """How many channels of x_cn (C, N, rows, columns) take about 2 MB: near the cache, and
+    enough work per piece for the threads (smaller pieces measured slower on 2 cores)."""
+    return max(1, (2 << 20) // x_cn[0].nbytes)
+
+
+def _gather_tiles(x_cn, tiles, m):
+    """tiles[i, j, c, n, t, u] = x_cn[c, n, t m + i, u m + j]: (a, a, C, N, TH, TW)."""
+    a, _, _, _, TH, TW = tiles.shape
+    for i in range(a):
+        for j in range(a):
+            tiles[i, j] = x_cn[:, :, i:i + m * TH:m, j:j + m * TW:m]
+
+
+def _add_tiles(grad_cn, grad_tiles, m):
+    """The adjoint of _gather_tiles: every tile added back in its place (they overlap)."""
+    a, _, _, _, TH, TW = grad_tiles.shape
+    for i in range(a):
+        for j in range(a):
+            grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
