@@ -35,8 +35,9 @@ class ReLU(Function):
     #     dL/dx = dL/dy * [x > 0]
     # (the multiplication by a boolean array keeps gy's dtype).
     def backward(self, gy):
-        gx = get_array_module(gy).empty_like(gy)
-        backend.run_in_threads(get_array_module(gy).multiply, backend.chunks_of(
+        xp = get_array_module(gy)
+        gx = xp.empty_like(gy)
+        backend.run_in_threads(xp.multiply, backend.chunks_of(
             gy.reshape(-1), self.positive.reshape(-1), gx.reshape(-1)))
         return gx
 

@@ -36,8 +36,7 @@ P_h (OH, H) holds 1/(bin size) on bin i's rows in row i, and
 """
 import numpy as np
 
-from .. import cuda
-from .. import backend
+from .. import backend, cuda
 from ..backend import get_array_module, scatter_add
 from ..tensor import Function
 
@@ -133,7 +132,7 @@ class MaxPool2d(Function):
         """The flat index into x (N, C, H, W) of each window's max, or -1 where it is in the
         padding (only when all of a window's pixels are -inf)."""
         xp = get_array_module(row_argmax)
-        N, C, H, W = self.input_shape
+        _, C, H, W = self.input_shape
         (SH, SW), (PH, PW) = self.stride, self.padding
         OH, OW = row_argmax.shape[2:]
         column = xp.zeros(row_argmax.shape, dtype=col_argmax.dtype)  # dj of the max

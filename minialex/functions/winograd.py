@@ -111,7 +111,7 @@ class WinogradConv2d(Function):
         m, a = self.m, self.m + r - 1
         OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
         TH, TW = -(-OH // m), -(-OW // m)
-        self.x_shape, self.tiles_shape = x.shape, (TH, TW)
+        self.x_shape, self.tiles_shape, self.r = x.shape, (TH, TW), r
         Gr = self._transforms(r, x.dtype)[1]
         U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, self.G, F // self.G, CG)
         self.U = U  # (a^2, G, FG, CG): the filters, transformed
@@ -155,8 +155,7 @@ class WinogradConv2d(Function):
         xp = get_array_module(gy)
         N, F, OH, OW = gy.shape
         a2, G, FG, CG = self.U.shape
-        a = int(round(a2 ** 0.5))
-        r = a - self.m + 1
+        r = self.r
         grad_x = xp.empty(self.x_shape, dtype=gy.dtype) if self.needs_grad[0] else None
         dU = xp.zeros(self.U.shape, dtype=gy.dtype) if self.needs_grad[1] else None
         for block, V in zip(self.blocks, self.V):
