@@ -18,12 +18,13 @@ a products instead of m r: both are polynomial products evaluated at a points an
     Y = AT [ sum_c (G g_c GT) * (BT d_c B) ] A          (m, m) from (a, a) tiles,
 
 and the sum over input channels, for each of the a^2 points, is a matrix product of
-U (FG, CG) = transformed filters with V (CG, P) = transformed input tiles. F(4x4, 3x3) takes 36
-products per 16 outputs where direct convolution takes 144: conv3 to conv5 of AlexNet do 2.3 to
-4 times fewer multiply-adds, conv2 with F(3x3, 5x5) 4.6 times. The transforms are cheap
-(products with small constant matrices, `_both_sides`) but move memory, and their rounding
-grows with a: in float32 the error stays near 1e-6 of the output's scale for a <= 7
-(tests/test_winograd.py).
+U (FG, CG) = transformed filters with V (CG, P) = transformed input tiles. F(5x5, 3x3) takes 49
+products per 25 outputs where direct convolution takes 225. On AlexNet's 13 x 13 maps (conv3 to
+conv5) 3 x 3 tiles cover 15 x 15 outputs, so the layers do 441 products per output channel and
+image where direct convolution does 1,521: 3.4 times fewer. conv2 (27 x 27, 5 x 5) with
+F(4x4, 5x5): 7 x 7 tiles of 64, 5.8 times fewer. The transforms are cheap (products with small
+constant matrices, `_both_sides`) but move memory, and their rounding grows with a: in float32
+the error stays within 1e-5 of the output's scale for a <= 8 (tests/test_winograd.py).
 
 Backward is the adjoint of each step, in reverse order: with dM = A dY AT (per tile),
 dU = dM @ VT gives the filters' gradient through GT dU G, and dV = UT @ dM gives the input's
@@ -41,10 +42,13 @@ from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
 
-# Output tile m for a kernel size r, from benchmarks/bench_alexnet.py on a 2-core CPU: m = 4 for
-# AlexNet's 3x3 layers (tiles of 6x6 cover 13x13 outputs with 4x4 tiles), m = 3 for conv2's 5x5
-# (9 x 3 = 27 outputs exactly).
-WINOGRAD_TILES = {3: 4, 5: 3}
+# Output tile m for a kernel size r. What counts is the products per output, a^2 / m^2, times
+# the outputs computed past the map's edge. AlexNet's 13 x 13 maps with 3x3 kernels: m = 5
+# (3 tiles cover 15) does 441 products per image and channel pair, m = 4 (4 tiles cover 16) 576,
+# m = 7 (2 tiles cover 14) 324 but with 1e-4 rounding. conv2's 27 x 27 with 5x5: m = 4 (7 tiles
+# cover 28) does 3,136, m = 3 (9 tiles, exact) 3,969. Measured on a 2-core CPU (fwd + bwd at
+# batch 32): conv4 150 ms with m = 5 against 171 with m = 4; conv2 214 against 237 with m = 3.
+WINOGRAD_TILES = {3: 5, 5: 4}
 
 # Interpolation points; infinity is always the last one. Small integers and halves keep the
 # transforms' entries small, which keeps float32 rounding small.
@@ -115,7 +119,8 @@ class WinogradConv2d(Function):
         Gr = self._transforms(r, x.dtype)[1]
         U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, self.G, F // self.G, CG)
         self.U = U  # (a^2, G, FG, CG): the filters, transformed
-        step = max(1, self.BLOCK_BYTES // (a * a * F * TH * TW * x.dtype.itemsize))
+        most = max(1, self.BLOCK_BYTES // (a * a * F * TH * TW * x.dtype.itemsize))
+        step = -(-N // -(-N // most))  # blocks of equal size: 32 images in 4 x 8, not 3 x 10 + 2
         self.blocks = [slice(n, n + step) for n in range(0, N, step)]
         y = xp.empty((N, F, OH, OW), dtype=x.dtype)
         self.V = [None] * len(self.blocks)  # per block (a^2, G, CG, P): for backward
