@@ -84,13 +84,13 @@ if __name__ == "__main__" and (_threads_from_argv(sys.argv[1:]) or "").isdigit()
         os.environ[_variable] = _threads_from_argv(sys.argv[1:])
 os.environ["CUPY_TF32"] = "0"  # before CuPy is imported (minialex imports it on first use)
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
-import minialex.functional as F  # noqa: E402
+import minialex.functional as F  # noqa: E402  (before NumPy: minialex/__init__.py says why)
 from minialex import backend, optim, random  # noqa: E402
 from minialex.models.alexnet import INPUT_SIZE, VARIANTS, alexnet  # noqa: E402
 from minialex.tensor import Tensor, no_grad, tensor  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 SCRIPT = pathlib.Path(__file__).resolve()
 ENGINES = ("mx-cpu", "mx-gpu", "torch-cpu", "torch-gpu")
@@ -500,6 +500,8 @@ def describe_machine(args, torch):
                "platform": platform.platform(), "load_average_start": load_average(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     machine.update(blas_description())
+    # minialex sets it when imported before NumPy (minialex/__init__.py); it changes the speed
+    machine["openblas_thread_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     machine["torch"] = torch.__version__ if torch is not None else None
     machine["torch_threads"] = torch.get_num_threads() if torch is not None else None
     machine["gpu"] = gpu_name(torch)
@@ -899,7 +901,8 @@ def machine_lines(results):
     m = results["machine"]
     lines = [f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used; load average "
              f"{m['load_average_start']} at the start, {m.get('load_average_end')} at the end",
-             f"NumPy {m['numpy']}, BLAS: {m['blas']}, {m['blas_threads'] or '?'} threads",
+             f"NumPy {m['numpy']}, BLAS: {m['blas']}, {m['blas_threads'] or '?'} threads, "
+             f"OPENBLAS_THREAD_TIMEOUT={m.get('openblas_thread_timeout') or 'unset'}",
              f"PyTorch: {m['torch'] or 'not in this run'}" +
              (f", {m['torch_threads']} threads" if m.get("torch") else ""),
              f"GPU: {m['gpu'] or 'none'}", f"Python {m['python']} on {m['platform']}"]

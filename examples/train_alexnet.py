@@ -27,13 +27,13 @@ import pathlib
 import sys
 import time
 
-import numpy as np
-
 # so that it also runs from a checkout that was not installed with pip install -e .
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import minialex as mx  # noqa: E402
+import minialex as mx  # noqa: E402  (before NumPy: minialex/__init__.py says why)
 import minialex.functional as F  # noqa: E402
 from minialex import data, optim  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 CHECKPOINT = "checkpoint.npz"
 

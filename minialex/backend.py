@@ -87,7 +87,8 @@ def chunks_of(*arrays):
 def run_in_threads(function, pieces):
     """function(*piece) for every piece, NumPy pieces on a thread per core, CuPy ones in
     order (the GPU runs them in parallel anyway). Memory-bound NumPy passes release the GIL,
-    so the cores share the work."""
+    so the cores share the work, as long as BLAS threads left spinning after a matrix product
+    do not hold the cores (minialex/__init__.py sets OPENBLAS_THREAD_TIMEOUT for that)."""
     global _threads
     arrays = [a for a in (pieces[0] if pieces else ()) if hasattr(a, "shape")]
     if len(pieces) < 2 or not all(isinstance(a, np.ndarray) for a in arrays):
