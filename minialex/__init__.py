@@ -8,12 +8,9 @@ train AlexNet. NumPy on the CPU, CuPy on the GPU.
 import os
 import sys
 
-# OpenBLAS (NumPy's BLAS from PyPI) keeps its worker threads spinning for about 0.1 s after every
-# matrix product (2^28 cycles) before they sleep. minialex runs memory-bound passes on a thread
-# per core right after products (backend.run_in_threads), and a spinning worker takes a core from
-# them: on 2 cores those passes took 240 ms of an AlexNet step instead of 170. OpenBLAS reads
-# OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it, so this only counts where minialex is
-# imported first (the examples and benchmarks are); elsewhere, set it in the environment.
+# OpenBLAS's idle threads spin for ~0.1 s after each product, taking a core from the passes that
+# minialex runs on a thread per core (backend.run_in_threads): 240 instead of 170 ms of a seed
+# step on 2 cores. OpenBLAS reads this once, when NumPy loads it: import minialex first.
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2^4 cycles: sleep at once
 

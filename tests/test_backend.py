@@ -76,3 +76,32 @@ def test_scatter_add_accumulates_repeated_indices():
     for k, i in enumerate(index):
         expected[i] += values[k]
     np.testing.assert_array_equal(target, expected)
+
+
+@pytest.mark.parametrize("found", [True, False])
+def test_matmul_in_threads_matches_matmul_and_restores_blas_threads(found, monkeypatch, rng):
+    """Stacks of odd sizes and a transposed operand; with or without OpenBLAS's thread count."""
+    backend.matmul_in_threads(np.ones((2, 1, 1)), np.ones((2, 1, 1)))  # looks the library up
+    if not found:
+        monkeypatch.setattr(backend, "_blas_thread_count", [None])
+    control = backend._blas_thread_count[0]
+    threads = control[1]() if control else None
+    a = rng.standard_normal((7, 2, 5, 3)).astype(np.float32)
+    b = rng.standard_normal((7, 2, 4, 3)).astype(np.float32).transpose(0, 1, 3, 2)
+    got = backend.matmul_in_threads(a, b)
+    expected = np.zeros((7, 2, 5, 4))
+    for s, t, i, j in np.ndindex(expected.shape):
+        expected[s, t, i, j] = sum(float(a[s, t, i, k]) * float(b[s, t, k, j]) for k in range(3))
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    if control:
+        assert control[1]() == threads
+
+
+def test_numpys_openblas_thread_count_is_found_on_linux():
+    """PyPI's NumPy on Linux comes with OpenBLAS; losing it would only show as lost speed."""
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    if not sys.platform.startswith("linux") or "openblas" not in blas:
+        pytest.skip(f"NumPy's BLAS here is {blas} on {sys.platform}")
+    backend.matmul_in_threads(np.ones((2, 1, 1)), np.ones((2, 1, 1)))
+    assert backend._blas_thread_count[0] is not None

@@ -150,7 +150,7 @@ class WinogradConv2d(Function):
         backend.run_in_threads(_gather_tiles, [
             (x_cn[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
         V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
-        M = U @ V                                                  # (a^2, G, FG, P)
+        M = backend.matmul_in_threads(U, V)                        # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
         y = Y.reshape(m, m, F, N, TH, TW).transpose(3, 2, 4, 0, 5, 1)
         OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
@@ -190,10 +190,10 @@ class WinogradConv2d(Function):
             gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 0, 2, 4))
         dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a2, G, FG, P)
         if dU is not None:
-            dU += dM @ V.transpose(0, 1, 3, 2)                      # (a^2, G, FG, CG)
+            dU += backend.matmul_in_threads(dM, V.transpose(0, 1, 3, 2))  # (a^2, G, FG, CG)
         if not self.needs_grad[0]:
             return None
-        dV = self.U.transpose(0, 1, 3, 2) @ dM                      # (a^2, G, CG, P)
+        dV = backend.matmul_in_threads(self.U.transpose(0, 1, 3, 2), dM)  # (a^2, G, CG, P)
         grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P)).reshape(a, a, C, N, TH, TW)
         # The tiles overlap by r - 1: each input pixel collects from every tile it is in
         H, W = self.x_shape[2:]
