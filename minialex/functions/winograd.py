@@ -19,12 +19,10 @@ a products instead of m r: both are polynomial products evaluated at a points an
 
 and the sum over input channels, for each of the a^2 points, is a matrix product of
 U (FG, CG) = transformed filters with V (CG, P) = transformed input tiles. F(5x5, 3x3) takes 49
-products per 25 outputs where direct convolution takes 225. On AlexNet's 13 x 13 maps (conv3 to
-conv5) 3 x 3 tiles cover 15 x 15 outputs, so the layers do 441 products per output channel and
-image where direct convolution does 1,521: 3.4 times fewer. conv2 (27 x 27, 5 x 5) with
-F(4x4, 5x5): 7 x 7 tiles of 64, 5.8 times fewer. The transforms are cheap (products with small
-constant matrices, `_both_sides`) but move memory, and their rounding grows with a: in float32
-the error stays within 1e-5 of the output's scale for a <= 8 (tests/test_winograd.py).
+products per 25 outputs where direct convolution takes 225 (WINOGRAD_TILES: AlexNet's tiles).
+The transforms are cheap (products with small constant matrices, `_both_sides`) but move memory,
+and their rounding grows with a: in float32 the error stays within 1e-5 of the output's scale
+for a <= 8 (tests/test_winograd.py).
 
 Backward is the adjoint of each step, in reverse order: with dM = A dY AT (per tile),
 dU = dM @ VT gives the filters' gradient through GT dU G, and dV = UT @ dM gives the input's
@@ -44,10 +42,11 @@ from ..tensor import Function
 
 # Output tile m for a kernel size r. What counts is the products per output, a^2 / m^2, times
 # the outputs computed past the map's edge. AlexNet's 13 x 13 maps with 3x3 kernels: m = 5
-# (3 tiles cover 15) does 441 products per image and channel pair, m = 4 (4 tiles cover 16) 576,
-# m = 7 (2 tiles cover 14) 324 but with 1e-4 rounding. conv2's 27 x 27 with 5x5: m = 4 (7 tiles
-# cover 28) does 3,136, m = 3 (9 tiles, exact) 3,969. Measured on a 2-core CPU (fwd + bwd at
-# batch 32): conv4 150 ms with m = 5 against 171 with m = 4; conv2 214 against 237 with m = 3.
+# (3 tiles cover 15) does 441 products per image and channel pair where direct convolution does
+# 1,521, m = 4 (4 tiles cover 16) 576, m = 7 (2 tiles cover 14) 324 but with 1e-4 rounding.
+# conv2's 27 x 27 with 5x5: m = 4 (7 tiles cover 28) does 3,136, m = 3 (9 tiles, exact) 3,969,
+# direct 18,225. On 2 cores (fwd + bwd, batch 32) conv4 took 150 ms with m = 5, 171 with m = 4;
+# conv2 214 with m = 4, 237 with m = 3.
 WINOGRAD_TILES = {3: 5, 5: 4}
 
 # Interpolation points; infinity is always the last one. Small integers and halves keep the
@@ -87,8 +86,7 @@ def _both_sides(L, X):
     """L X LT for every trailing index: X (k, k, Q) -> (l, l, Q), with L (l, k).
 
     One matrix product with the Kronecker product, (l^2, k^2) @ (k^2, Q). Two products with L
-    (rows, then columns) would do fewer multiply-adds, but the second is a batch of products
-    with 6 rows, which BLAS runs several times slower than this one (2 cores, float32).
+    (rows, then columns) do fewer multiply-adds but measured no faster: both wait on memory.
     """
     k, _, Q = X.shape
     return (np.kron(L, L) @ X.reshape(k * k, Q)).reshape(len(L), len(L), Q)
@@ -125,9 +123,9 @@ class WinogradConv2d(Function):
         y = xp.empty((N, F, OH, OW), dtype=x.dtype)
         self.V = [None] * len(self.blocks)  # per block (a^2, G, CG, P): for backward
         for index, block in enumerate(self.blocks):
-            y[block], self.V[index] = self._forward_images(x[block], U, r)
-        if b is not None:
-            y += b.reshape(F, 1, 1)
+            y_block, self.V[index] = self._forward_images(x[block], U, r)
+            # the bias is added in the pass that copies the block into place
+            xp.add(y_block, 0 if b is None else b.reshape(F, 1, 1), out=y[block])
         return y
 
     def _forward_images(self, x, U, r):
@@ -137,24 +135,26 @@ class WinogradConv2d(Function):
         a2, G, FG, CG = U.shape
         F, m, a, (TH, TW) = G * FG, self.m, self.m + r - 1, self.tiles_shape
         AT, _, BT = self._transforms(r, x.dtype)
-        P = N * TH * TW
-        # The input, channels first and zero-padded past the last tile: (C, N, rows, columns)
-        x_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=x.dtype)
-        x_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 0, 2, 3)
-        # Tile (t, u) is x_cn[..., t m : t m + a, u m : u m + a]; element (i, j) of every tile
-        # is one strided slice
-        # Each of the a^2 slices reads all of x_cn: a few channels at a time, that stays near
-        # the cache, on a thread per core (conv4 at batch 32: ~9 ms instead of 13 to 30)
-        tiles = xp.empty((a, a, C, N, TH, TW), dtype=x.dtype)
-        step = _channels_in_cache(x_cn)
+        P = TH * TW * N  # tiles in the block, ordered (t, u, n)
+        # The input (C, rows, columns, N), zero-padded past the last tile. With the batch last,
+        # the copies move runs of N values, not of the 3 tiles in a row of a 13 x 13 map, which
+        # are slow to copy (conv4 forward and backward: 28 ms of copies instead of 39)
+        x_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=x.dtype)
+        x_padded[:, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 2, 3, 0)
+        # Tile (t, u) is x_padded[:, t m : t m + a, u m : u m + a]; element (i, j) of every tile
+        # is one strided slice, gathered a few channels at a time (near the cache) on threads
+        tiles = xp.empty((a, a, C, TH, TW, N), dtype=x.dtype)
+        step = _channels_in_cache(x_padded)
         backend.run_in_threads(_gather_tiles, [
-            (x_cn[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
+            (x_padded[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
         V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
         M = backend.matmul_in_threads(U, V)                        # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
-        y = Y.reshape(m, m, F, N, TH, TW).transpose(3, 2, 4, 0, 5, 1)
+        Y = Y.reshape(m, m, F, TH, TW, N)
+        y = xp.empty((N, F, TH * m, TW * m), dtype=x.dtype)  # y[n, f, t m + i, u m + j] is
+        y.reshape(N, F, TH, m, TW, m)[...] = Y.transpose(5, 2, 3, 0, 4, 1)  # Y[i, j, f, t, u, n]
         OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
-        return y.reshape(N, F, TH * m, TW * m)[:, :, :OH, :OW], V
+        return y[:, :, :OH, :OW], V
 
     def backward(self, gy):
         xp = get_array_module(gy)
@@ -182,45 +182,45 @@ class WinogradConv2d(Function):
         a2, G, FG, CG = self.U.shape
         C, m, a, (TH, TW) = G * CG, self.m, self.m + r - 1, self.tiles_shape
         AT, _, BT = self._transforms(r, gy.dtype)
-        P = N * TH * TW
-        # dY as tiles (m, m, F, N, TH, TW), zero past the outputs, then dM = A dY AT per tile
+        P = TH * TW * N
+        # dY as tiles (m, m, F, TH, TW, N), zero past the outputs, then dM = A dY AT per tile
         gy_tiled = xp.zeros((N, F, TH * m, TW * m), dtype=gy.dtype)
         gy_tiled[:, :, :OH, :OW] = gy
         gy_tiles = xp.ascontiguousarray(
-            gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 0, 2, 4))
+            gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 2, 4, 0))
         dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a2, G, FG, P)
         if dU is not None:
             dU += backend.matmul_in_threads(dM, V.transpose(0, 1, 3, 2))  # (a^2, G, FG, CG)
         if not self.needs_grad[0]:
             return None
         dV = backend.matmul_in_threads(self.U.transpose(0, 1, 3, 2), dM)  # (a^2, G, CG, P)
-        grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P)).reshape(a, a, C, N, TH, TW)
+        grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P)).reshape(a, a, C, TH, TW, N)
         # The tiles overlap by r - 1: each input pixel collects from every tile it is in
         H, W = self.x_shape[2:]
-        grad_cn = xp.zeros((C, N, TH * m + r - 1, TW * m + r - 1), dtype=gy.dtype)
-        step = _channels_in_cache(grad_cn)  # as in forward, and no two threads add to one
-        backend.run_in_threads(_add_tiles, [
-            (grad_cn[c:c + step], grad_tiles[:, :, c:c + step], m) for c in range(0, C, step)])
-        return grad_cn[:, :, self.PH:self.PH + H, self.PW:self.PW + W].transpose(1, 0, 2, 3)
+        grad_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=gy.dtype)
+        step = _channels_in_cache(grad_padded)  # as in forward, and no two threads add to one
+        backend.run_in_threads(_add_tiles, [(grad_padded[c:c + step], grad_tiles[:, :, c:c + step],
+                                             m) for c in range(0, C, step)])
+        return grad_padded[:, self.PH:self.PH + H, self.PW:self.PW + W].transpose(3, 0, 1, 2)
 
 
-def _channels_in_cache(x_cn):
-    """How many channels of x_cn (C, N, rows, columns) take about 2 MB: near the cache, and
-    enough work per piece for the threads (smaller pieces measured slower on 2 cores)."""
-    return max(1, (2 << 20) // x_cn[0].nbytes)
+def _channels_in_cache(x_padded):
+    """How many channels of x_padded (C, rows, columns, N) take about 2 MB: near the cache,
+    and enough work per piece for the threads (smaller pieces measured slower on 2 cores)."""
+    return max(1, (2 << 20) // x_padded[0].nbytes)
 
 
-def _gather_tiles(x_cn, tiles, m):
-    """tiles[i, j, c, n, t, u] = x_cn[c, n, t m + i, u m + j]: (a, a, C, N, TH, TW)."""
-    a, _, _, _, TH, TW = tiles.shape
+def _gather_tiles(x_padded, tiles, m):
+    """tiles[i, j, c, t, u, n] = x_padded[c, t m + i, u m + j, n]: (a, a, C, TH, TW, N)."""
+    a, _, _, TH, TW, _ = tiles.shape
     for i in range(a):
         for j in range(a):
-            tiles[i, j] = x_cn[:, :, i:i + m * TH:m, j:j + m * TW:m]
+            tiles[i, j] = x_padded[:, i:i + m * TH:m, j:j + m * TW:m]
 
 
-def _add_tiles(grad_cn, grad_tiles, m):
+def _add_tiles(grad_padded, grad_tiles, m):
     """The adjoint of _gather_tiles: every tile added back in its place (they overlap)."""
-    a, _, _, _, TH, TW = grad_tiles.shape
+    a, _, _, TH, TW, _ = grad_tiles.shape
     for i in range(a):
         for j in range(a):
-            grad_cn[:, :, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
+            grad_padded[:, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
