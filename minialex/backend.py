@@ -5,6 +5,7 @@ itself, so the same forward and backward serve both devices. Devices are named "
 and "cuda" (CuPy). CuPy is imported lazily: importing minialex never needs it.
 """
 import ctypes
+import functools
 import os
 import sys
 
@@ -102,6 +103,7 @@ def run_in_threads(function, pieces):
         done.result()  # re-raises an error from the thread
 
 
+@functools.lru_cache(maxsize=None)
 def _openblas_thread_count():
     """(set, get) of the thread count of NumPy's OpenBLAS, found with ctypes, or None."""
     try:
@@ -110,14 +112,12 @@ def _openblas_thread_count():
     except OSError:
         return None
     for path in sorted(paths, key=lambda path: "numpy" not in path):  # NumPy's copy first
+        library = ctypes.CDLL(path)
         for name in ("scipy_openblas{}64_", "scipy_openblas{}", "openblas{}", "openblas{}64_"):
-            if hasattr(ctypes.CDLL(path), name.format("_set_num_threads")):
-                return tuple(getattr(ctypes.CDLL(path), name.format(f"_{verb}_num_threads"))
-                             for verb in ("set", "get"))
+            if hasattr(library, name.format("_set_num_threads")):
+                return (getattr(library, name.format("_set_num_threads")),
+                        getattr(library, name.format("_get_num_threads")))
     return None
-
-
-_blas_thread_count = []  # [(set, get) or None] once looked up
 
 
 def matmul_in_threads(a, b):
@@ -129,20 +129,19 @@ def matmul_in_threads(a, b):
     piece per BLAS thread instead, each run on a thread of ours with BLAS on one thread: a seed
     AlexNet step on 2 cores took 901 ms instead of 937 (medians of 10, alternating).
     """
-    if not _blas_thread_count:
-        _blas_thread_count.append(_openblas_thread_count())
-    threads = _blas_thread_count[0][1]() if _blas_thread_count[0] else 1
+    control = _openblas_thread_count()
+    threads = control[1]() if control else 1
     if not isinstance(a, np.ndarray) or threads < 2:
         return a @ b
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
     out = np.empty((len(a3), a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
     cuts = [len(a3) * k // threads for k in range(threads + 1)]
-    _blas_thread_count[0][0](1)
+    control[0](1)
     try:
         run_in_threads(lambda lo, hi: np.matmul(a3[lo:hi], b3[lo:hi], out=out[lo:hi]),
                        [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo])
     finally:
-        _blas_thread_count[0][0](threads)
+        control[0](threads)
     return out.reshape(*a.shape[:-1], b.shape[-1])
 
 

@@ -199,8 +199,9 @@ class WinogradConv2d(Function):
         H, W = self.x_shape[2:]
         grad_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=gy.dtype)
         step = _channels_in_cache(grad_padded)  # as in forward, and no two threads add to one
-        backend.run_in_threads(_add_tiles, [(grad_padded[c:c + step], grad_tiles[:, :, c:c + step],
-                                             m) for c in range(0, C, step)])
+        backend.run_in_threads(_add_tiles, [(grad_padded[c:c + step],
+                                             grad_tiles[:, :, c:c + step], m)
+                                            for c in range(0, C, step)])
         return grad_padded[:, self.PH:self.PH + H, self.PW:self.PW + W].transpose(3, 0, 1, 2)
 
 
