@@ -15,7 +15,7 @@ They are the same update: substitute v = -lr u. With a constant lr they give ide
 step for step (a test checks this). They differ only when lr changes: the paper's velocity keeps
 the old lr inside it for a while, PyTorch's applies the new lr at once.
 """
-from . import backend
+from . import backend, dispatch
 from .tensor import Tensor
 
 
@@ -38,14 +38,8 @@ class SGD:
             p.grad = None
 
     def step(self):
-        """One update of every parameter that has a gradient, in place.
-
-        The update is a few passes over memory per parameter (no arithmetic to speak of), and
-        NumPy runs each pass on one core; 62 million parameters took 91 ms on 2 cores. So on
-        the CPU the parameters are cut into 4 MB chunks, updated by a thread per core (NumPy
-        releases the GIL inside each pass, and a chunk's passes stay in cache): 40 ms.
-        """
-        chunks = []
+        """One update of every parameter that has a gradient, in place."""
+        updates = []  # (w, grad, u) of every parameter to update; u is None without momentum
         for index, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -57,15 +51,16 @@ class SGD:
                 if u is None:  # the first step: u = mu 0 + (grad + lambda w)
                     u = self.velocity[index] = backend.get_array_module(p.data).zeros_like(
                         p.data)
-            if p.data.flags.c_contiguous:  # a flat view of it, not a copy, can be updated
-                chunks += backend.chunks_of(p.data.reshape(-1), p.grad.reshape(-1),
-                                            None if u is None else u.reshape(-1))
-            else:
-                chunks.append((p.data, p.grad, u))
-        backend.run_in_threads(self._update, chunks)
+            updates.append((p.data, p.grad, u))
+        if updates:  # a fast path may do them differently (minialex/dispatch.py)
+            dispatch.fast_version(self, updates[0][0]).apply(updates)
 
-    def _update(self, w, grad, u):
-        """w, grad, u: matching 1-D pieces of a parameter, its gradient and velocity."""
+    def apply(self, updates):
+        for w, grad, u in updates:
+            self.update(w, grad, u)
+
+    def update(self, w, grad, u):
+        """w, grad, u: a parameter, its gradient and its velocity (None without momentum)."""
         if self.weight_decay:
             grad = grad + self.weight_decay * w
         if u is not None:

@@ -10,14 +10,14 @@ before it is passed further back.
     dL/dx_i = f.backward(dL/dy)[i]   for every input that requires a gradient
 
 Only first derivatives are needed for AlexNet, so `backward` works on plain arrays and never
-builds a graph of its own (STYLE.md, item 2).
+builds a graph of its own (as micrograd's `_backward` does).
 """
 import contextlib
 import threading
 
 import numpy as np
 
-from . import backend
+from . import backend, dispatch
 
 DEFAULT_DTYPE = np.float32
 
@@ -285,17 +285,20 @@ class Function:
     def __call__(self, *inputs):
         inputs = [x if isinstance(x, Tensor) else _reject_non_tensor(self, x) for x in inputs]
         self._check_inputs(inputs)
-        self.needs_grad = tuple(x.requires_grad for x in inputs)
-        result = self.forward(*[x.data for x in inputs])
+        arrays = [x.data for x in inputs]
+        # A fast path may stand in for this op (minialex/dispatch.py); by default this is self
+        function = dispatch.fast_version(self, *arrays)
+        function.needs_grad = tuple(x.requires_grad for x in inputs)
+        result = function.forward(*arrays)
         # a full reduction gives a NumPy scalar, not an array
         output = Tensor(backend.get_array_module(result).asarray(result))
-        if is_grad_enabled() and any(self.needs_grad):
+        if is_grad_enabled() and any(function.needs_grad):
             output.requires_grad = True
-            output.creator = self
-            self.inputs = inputs
+            output.creator = function
+            function.inputs = inputs
             # The output is alive while backward runs (it is some later op's input, or the
             # root), so its id names it without holding a reference cycle.
-            self._output_id = id(output)
+            function._output_id = id(output)
         return output
 
     def _check_inputs(self, inputs):

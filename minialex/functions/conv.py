@@ -18,23 +18,22 @@ im2col copies every window into a column, so that the sums become one matrix pro
     col[c, i, j, (n, oh, ow)] = x_padded[n, c, oh SH + i, ow SW + j]    (C KH KW, P)
     y_g = w_g (FG, CG KH KW) @ col_g (CG KH KW, P)                         (FG, P)
 
-Over 90% of AlexNet's arithmetic is these products (ALEXNET.md, Work per image), so they go to
-BLAS in one call per group, never a loop over images. The loops left in im2col and col2im run over
-the KH x KW window offsets only; each step copies a strided slice of the whole batch. On the GPU
-(float32) the products run on our SGEMM kernel and the copies on kernels/im2col.cu (cuda.py).
+Over 90% of AlexNet's arithmetic is these products (minialex/ALEXNET.md, "Work per image"), so
+they go to the matrix library in one call per group, never a loop over images. The loops left in
+im2col and col2im run over the KH x KW window offsets only; each step copies a strided slice of
+the whole batch.
 
 Groups are the paper's two GPUs (§3.5, Figure 2): in conv2, conv4 and conv5 each half of the
 filters sees only the half of the channels that lives on its own GPU. Here they are G
 independent products over the channel groups, which is also how PyTorch's `groups` works.
+
+This page is the reference. Faster ways to compute the same thing live apart and stand in for
+it where they apply (minialex/dispatch.py): Winograd's transform for stride-1 3x3 and 5x5 layers
+and im2col split by phases with the products on a thread per core (minialex/fast/), and our CUDA
+kernels on the GPU (minialex/gpu.py).
 """
-from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function
-from .winograd import WINOGRAD_TILES, WinogradConv2d
-
-# On the CPU, stride-1 square kernels of a size in WINOGRAD_TILES take the Winograd path
-# (winograd.py: the same result with 2 to 5 times fewer multiply-adds). False: im2col always.
-use_winograd = True
 
 
 def output_size(size, kernel, stride, padding):
@@ -42,41 +41,23 @@ def output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _phase_shape(OH, OW, KH, KW, SH, SW):
-    """Rows and columns per phase: window offset i reads phase i % SH from row i // SH on."""
-    return OH + (KH - 1) // SH, OW + (KW - 1) // SW
-
-
 def im2col(x, KH, KW, SH, SW, PH, PW):
     """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW), every window of the padded input a column.
 
     The channel axis goes first so that each group's rows are one contiguous block and the
-    GEMM's long axis P = N * OH * OW is the fast one.
-
-    With stride S > 1 a window offset i reads every S-th row, a slow strided gather. So the
-    padded input is first split by phase: row h = S a + r goes to phase r, row a. Offset i
-    then reads phase i % S from row i // S on, as one unit-stride block (conv1, stride 4:
-    one extra pass over x makes each of the 121 copies a plain memcpy of rows).
+    GEMM's long axis P = N * OH * OW is the fast one. For window offset (i, j), the pixel that
+    every window sees there is one strided slice of the padded input: rows i, i + SH, ...
     """
-    if cuda.uses_kernels(x):  # float32 on the GPU: our kernel (kernels/im2col.cu)
-        return cuda.im2col(x, KH, KW, SH, SW, PH, PW)
     xp = get_array_module(x)
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
-    AH, AW = _phase_shape(OH, OW, KH, KW, SH, SW)
-    # (C, N, SH AH, SW AW): channel-major, padded, and cut or extended to whole phases; rows
-    # that no window reads are dropped, and missing ones are zeros like the padding
-    x_padded = xp.zeros((C, N, SH * AH, SW * AW), dtype=x.dtype)
-    rows, columns = min(H, SH * AH - PH), min(W, SW * AW - PW)
-    x_padded[:, :, PH:PH + rows, PW:PW + columns] = x[:, :, :rows, :columns].transpose(1, 0, 2, 3)
-    # (C, SH, SW, N, AH, AW): the phases; a view with no copy when the stride is 1
-    phases = xp.ascontiguousarray(
-        x_padded.reshape(C, N, AH, SH, AW, SW).transpose(0, 3, 5, 1, 2, 4))
+    x_padded = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=x.dtype)  # channel-major
+    x_padded[:, :, PH:PH + H, PW:PW + W] = x.transpose(1, 0, 2, 3)
     col = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
     for i in range(KH):
         for j in range(KW):
-            a, b = i // SH, j // SW
-            col[:, i, j] = phases[:, i % SH, j % SW, :, a:a + OH, b:b + OW]
+            rows, columns = slice(i, i + SH * (OH - 1) + 1, SH), slice(j, j + SW * (OW - 1) + 1, SW)
+            col[:, i, j] = x_padded[:, :, rows, columns]
     return col
 
 
@@ -84,30 +65,29 @@ def col2im(col, x_shape, SH, SW, PH, PW):
     """The adjoint of im2col: add every column back onto the pixels it was copied from.
 
     col (C, KH, KW, N, OH, OW) -> x (N, C, H, W). Where windows overlap (stride < kernel) a pixel
-    collects one contribution from every window that contains it. The sums go into the same
-    phases as in im2col, which are then put back in place.
+    collects one contribution from every window that contains it; the padding's share is dropped.
     """
-    if cuda.uses_kernels(col):  # on the GPU: one thread per pixel, gathering its copies
-        return cuda.col2im(col, x_shape, SH, SW, PH, PW)
     xp = get_array_module(col)
     N, C, H, W = x_shape
     _, KH, KW, _, OH, OW = col.shape
-    AH, AW = _phase_shape(OH, OW, KH, KW, SH, SW)
-    phases = xp.zeros((C, SH, SW, N, AH, AW), dtype=col.dtype)
+    grad_padded = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
     for i in range(KH):
         for j in range(KW):
-            a, b = i // SH, j // SW
-            phases[:, i % SH, j % SW, :, a:a + OH, b:b + OW] += col[:, i, j]
-    # (N, C, H, W): back from phases to rows and columns, then the padding cut away; pixels no
-    # window reached get zero
-    x_padded = phases.transpose(3, 0, 4, 1, 5, 2).reshape(N, C, SH * AH, SW * AW)
-    grad_x = xp.zeros(x_shape, dtype=col.dtype)
-    rows, columns = min(H, SH * AH - PH), min(W, SW * AW - PW)
-    grad_x[:, :, :rows, :columns] = x_padded[:, :, PH:PH + rows, PW:PW + columns]
-    return grad_x
+            rows, columns = slice(i, i + SH * (OH - 1) + 1, SH), slice(j, j + SW * (OW - 1) + 1, SW)
+            grad_padded[:, :, rows, columns] += col[:, i, j]
+    return grad_padded[:, :, PH:PH + H, PW:PW + W].transpose(1, 0, 2, 3)
+
+
+def matmul(a, b):
+    """a @ b, one product per leading index (the groups): NumPy's or CuPy's matrix library."""
+    return get_array_module(a).matmul(a, b)
 
 
 class Conv2d(Function):
+    # The three steps are looked up on the class, so that a fast path can swap one of them (our
+    # CUDA kernels, products on a thread per core) and keep the algorithm of this page.
+    im2col, col2im, matmul = staticmethod(im2col), staticmethod(col2im), staticmethod(matmul)
+
     def __init__(self, stride, padding, groups):
         self.SH, self.SW = stride
         self.PH, self.PW = padding
@@ -119,16 +99,12 @@ class Conv2d(Function):
         F, CG, KH, KW = w.shape
         G = self.G
         OH, OW = output_size(H, KH, self.SH, self.PH), output_size(W, KW, self.SW, self.PW)
-        col = im2col(x, KH, KW, self.SH, self.SW, self.PH, self.PW)
+        col = self.im2col(x, KH, KW, self.SH, self.SW, self.PH, self.PW)
         self.col = col.reshape(G, CG * KH * KW, N * OH * OW)  # (G, CG KH KW, P): for grad_w
         self.w = w                                            # (F, CG, KH, KW): for grad_x
         self.x_shape = x.shape
         w_g = w.reshape(G, F // G, CG * KH * KW)
-        if cuda.uses_kernels(x):  # our SGEMM kernel (kernels/sgemm.cu), not cuBLAS
-            y = cuda.sgemm(w_g, self.col)
-        else:
-            y = xp.matmul(w_g, self.col)  # (G, FG, P)
-        y = y.reshape(F, N, OH, OW)
+        y = self.matmul(w_g, self.col).reshape(F, N, OH, OW)  # (G, FG, P): one GEMM per group
         if b is not None:
             y += b.reshape(F, 1, 1, 1)
         return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))  # (N, F, OH, OW)
@@ -143,22 +119,15 @@ class Conv2d(Function):
         G = self.G
         _, CG, KH, KW = self.w.shape
         gy_g = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(G, F // G, N * OH * OW)
-        on_kernels = cuda.uses_kernels(gy)  # on the GPU: SGEMM, one operand read transposed
         grad_x = grad_w = grad_b = None
         if self.needs_grad[0]:
             w_g = self.w.reshape(G, F // G, CG * KH * KW)
-            if on_kernels:
-                grad_col = cuda.sgemm(w_g, gy_g, trans_a=True)
-            else:
-                grad_col = xp.matmul(w_g.transpose(0, 2, 1), gy_g)  # (G, CG KH KW, P)
+            grad_col = self.matmul(w_g.transpose(0, 2, 1), gy_g)  # (G, CG KH KW, P)
             grad_col = grad_col.reshape(G * CG, KH, KW, N, OH, OW)
-            grad_x = col2im(grad_col, self.x_shape, self.SH, self.SW, self.PH, self.PW)
+            grad_x = self.col2im(grad_col, self.x_shape, self.SH, self.SW, self.PH, self.PW)
             grad_x = xp.ascontiguousarray(grad_x)
         if self.needs_grad[1]:
-            if on_kernels:
-                grad_w = cuda.sgemm(gy_g, self.col, trans_b=True)
-            else:
-                grad_w = xp.matmul(gy_g, self.col.transpose(0, 2, 1))  # (G, FG, CG KH KW)
+            grad_w = self.matmul(gy_g, self.col.transpose(0, 2, 1))  # (G, FG, CG KH KW)
             grad_w = grad_w.reshape(self.w.shape)
         if len(self.needs_grad) > 2 and self.needs_grad[2]:
             grad_b = gy.sum(axis=(0, 2, 3))
@@ -204,9 +173,5 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     if bias is not None and tuple(bias.shape) != (F,):
         raise ValueError(f"conv2d: bias must have shape ({F},), one per filter; got "
                          f"{tuple(bias.shape)}")
-    if (use_winograd and stride == (1, 1) and KH == KW and KH in WINOGRAD_TILES
-            and x.device == "cpu"):
-        function = WinogradConv2d(padding, groups, WINOGRAD_TILES[KH])
-    else:
-        function = Conv2d(stride, padding, groups)
+    function = Conv2d(stride, padding, groups)
     return function(x, weight) if bias is None else function(x, weight, bias)

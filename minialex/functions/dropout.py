@@ -22,7 +22,6 @@ with nothing to do, so a model in eval mode (or a saved checkpoint) needs no cor
 """
 from numbers import Real
 
-from .. import cuda
 from ..backend import get_array_module
 from ..random import generator
 from ..tensor import Function, Tensor
@@ -43,9 +42,6 @@ class Dropout(Function):
             # Draw in x's dtype: a float64 draw for float32 activations would double the
             # memory traffic of the layer.
             uniform = generator(xp).random(x.shape, dtype=x.dtype)
-            if cuda.uses_kernels(x):  # GPU: mask and product in one pass
-                y, self.mask = cuda.dropout(x, uniform, self.p)
-                return y
             scale = x.dtype.type(1 / (1 - self.p))  # a scalar of x's dtype, not float64
             self.mask = (uniform >= self.p) * scale  # x.shape: 0 or 1/(1-p), in x's dtype
         return x * self.mask

@@ -10,23 +10,25 @@ Notation: N is the batch size, IN the input features, OUT the output features.
 
 In AlexNet fc6 maps 256*6*6 = 9216 features to 4096, fc7 4096 to 4096 and fc8 4096 to the 1000
 classes: 58.6 million of the network's 61 million parameters. The whole layer is one matrix
-product, done by the BLAS that NumPy links; on the GPU (float32) by our SGEMM kernel
-(kernels/sgemm.cu, through cuda.py), reading the transposed operand in place.
+product, done by the matrix library NumPy or CuPy links. (A fast path swaps `matmul`: on the
+CPU the product cut over a thread per core, on the GPU our SGEMM kernel; see dispatch.py.)
 """
-from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
 
 
+def matmul(a, b):
+    """a @ b on NumPy's or CuPy's matrix library."""
+    return get_array_module(a).matmul(a, b)
+
+
 class Linear(Function):
+    matmul = staticmethod(matmul)  # looked up on the class, so that a fast path can swap it
+
     def forward(self, x, weight, bias=None):
-        xp = get_array_module(x)
         self.x = x            # (N, IN): needed for the weight's gradient
         self.weight = weight  # (OUT, IN): needed for the input's gradient
-        if cuda.uses_kernels(x):
-            y = cuda.sgemm(x, weight, trans_b=True)
-        else:
-            y = xp.matmul(x, weight.T)  # (N, OUT)
+        y = self.matmul(x, weight.T)  # (N, OUT)
         if bias is not None:
             y += bias  # broadcast over the batch; y is a fresh array, so in place is safe
         return y
@@ -38,13 +40,8 @@ class Linear(Function):
     # Each product is skipped when its input needs no gradient (e.g. gx for the first layer's
     # input, the image batch).
     def backward(self, gy):
-        xp = get_array_module(gy)
-        if cuda.uses_kernels(gy):
-            gx = cuda.sgemm(gy, self.weight) if self.needs_grad[0] else None
-            gw = cuda.sgemm(gy, self.x, trans_a=True) if self.needs_grad[1] else None
-        else:
-            gx = xp.matmul(gy, self.weight) if self.needs_grad[0] else None
-            gw = xp.matmul(gy.T, self.x) if self.needs_grad[1] else None
+        gx = self.matmul(gy, self.weight) if self.needs_grad[0] else None
+        gw = self.matmul(gy.T, self.x) if self.needs_grad[1] else None
         if len(self.needs_grad) == 2:  # called without a bias
             return gx, gw
         gb = gy.sum(axis=0) if self.needs_grad[2] else None

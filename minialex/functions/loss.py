@@ -16,7 +16,6 @@ log is -inf. Both formulas are unchanged when a constant is subtracted from ever
 subtract m = max_j x_j first: then every exponent is <= 0, the largest term is exp(0) = 1, and
 the log-sum-exp lies in [m, m + log K]. Logits of 1e4 or -1e4 give finite, exact results.
 """
-from .. import cuda
 from ..backend import device_of, get_array_module, to_device
 from ..tensor import Function, Tensor
 
@@ -93,9 +92,6 @@ class CrossEntropy(Function):
         self.labels = labels  # (N,): integer class indices, on the logits' device
 
     def forward(self, logits):
-        if cuda.uses_kernels(logits):  # GPU: one block per row, fused (softmax_xent.cu)
-            self.probs, losses = cuda.softmax_xent_forward(logits, self.labels)  # (N, K), (N,)
-            return losses.mean()
         xp = get_array_module(logits)
         n = logits.shape[0]
         rows = xp.arange(n)
@@ -114,8 +110,6 @@ class CrossEntropy(Function):
     # the predicted probabilities minus the one-hot target, times the scalar gy from above.
     def backward(self, gy):
         n = self.probs.shape[0]
-        if cuda.uses_kernels(self.probs):  # one device-to-host copy of the scalar gy
-            return cuda.softmax_xent_backward(self.probs, self.labels, float(gy) / n)
         grad = self.probs.copy()  # a copy: backward may run twice with retain_graph=True
         grad[self.rows, self.labels] -= 1
         grad *= gy / n  # gy is 0-d, in the logits' dtype

@@ -37,7 +37,6 @@ divided by n) is not the paper's formula.
 """
 import numpy as np
 
-from .. import cuda
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
 
@@ -66,10 +65,6 @@ class LocalResponseNorm(Function):
         self.before, self.after = size // 2, (size - 1) // 2
 
     def forward(self, x):
-        if cuda.uses_kernels(x):  # GPU: one thread per (n, pixel) walks the channels (lrn.cu)
-            self.x = x                                            # (N, C, H, W)
-            self.y, self.scale = cuda.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
-            return self.y                                         # y, scale: (N, C, H, W)
         scale = window_sum(x * x, self.before, self.after)  # S: (N, C, H, W)
         scale *= self.alpha / self.size                    # in place: this array is large
         scale += self.k
@@ -89,9 +84,6 @@ class LocalResponseNorm(Function):
     # j is in window(c) when c - before <= j <= c + after, i.e. j - after <= c <= j + before:
     # the "transposed" window has before and after swapped (they differ for an even size).
     def backward(self, g):
-        if cuda.uses_kernels(g):
-            return cuda.lrn_backward(self.x, self.y, self.scale, g, self.size, self.alpha,
-                                     self.beta, self.k)
         x, scale, scale_pow = self.x, self.scale, self.scale_pow
         per_output = g * x          # g[c] x[c] scale[c]^(-beta-1), built in place
         per_output *= scale_pow

@@ -36,8 +36,7 @@ P_h (OH, H) holds 1/(bin size) on bin i's rows in row i, and
 """
 import numpy as np
 
-from .. import backend, cuda
-from ..backend import get_array_module, scatter_add
+from ..backend import get_array_module
 from ..tensor import Function
 
 
@@ -84,110 +83,60 @@ class MaxPool2d(Function):
         self.padding = padding          # (PH, PW)
         self.ceil_mode = ceil_mode
 
-    def forward(self, x):
+    def _padded(self, x, fill):
+        """x with PH, PW of `fill` on each side, and more at the bottom and right where a ceil
+        mode window runs past the padding: (N, C, (OH - 1) SH + KH, (OW - 1) SW + KW) or more."""
         xp = get_array_module(x)
         N, C, H, W = x.shape
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         OH = pool_output_size(H, KH, SH, PH, self.ceil_mode)
         OW = pool_output_size(W, KW, SW, PW, self.ceil_mode)
-        self.input_shape = (N, C, H, W)
-        if cuda.uses_kernels(x) and KH * KW <= 256:  # GPU: one thread per window (pool.cu)
-            y, self.argmax = cuda.maxpool_forward(x, KH, KW, SH, SW, PH, PW, OH, OW)
-            return y
-        # In ceil mode the last window may run past the bottom/right padding: pad further.
-        pad_bottom = max(PH, (OH - 1) * SH + KH - H - PH)
-        pad_right = max(PW, (OW - 1) * SW + KW - W - PW)
-        xpad = x
-        if PH or PW or pad_bottom or pad_right:
-            xpad = xp.pad(x, ((0, 0), (0, 0), (PH, pad_bottom), (PW, pad_right)),
-                          constant_values=-np.inf)
+        bottom, right = max(PH, (OH - 1) * SH + KH - H - PH), max(PW, (OW - 1) * SW + KW - W - PW)
+        padded = xp.full((N, C, H + PH + bottom, W + PW + right), fill, dtype=x.dtype)
+        padded[:, :, PH:PH + H, PW:PW + W] = x
+        return padded, OH, OW
 
-        # A few images at a time, so that the passes below run in cache, on a thread per core
-        y = xp.empty((N, C, OH, OW), dtype=x.dtype)
-        self.argmax_index = xp.empty((N, C, OH, OW), dtype=np.int64)  # where each max is in x
-        step = max(1, (2 << 20) // xpad[0].nbytes)  # images in about 2 MB
-        backend.run_in_threads(self._forward_images, [
-            (xpad[n:n + step], y[n:n + step], self.argmax_index[n:n + step], n)
-            for n in range(0, N, step)])
+    def _seen_at(self, di, dj, OH, OW):
+        """The index of what every window sees at offset (di, dj): a strided slice."""
+        SH, SW = self.stride
+        return (slice(None), slice(None), slice(di, di + SH * (OH - 1) + 1, SH),
+                slice(dj, dj + SW * (OW - 1) + 1, SW))
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        KH, KW = self.kernel_size
+        x_padded, OH, OW = self._padded(x, -np.inf)  # padding is never the max
+        self.input_shape = x.shape
+        # One pass per window offset (di, dj): the pixel every window sees there is one
+        # strided slice. A later offset wins only if strictly greater (or NaN, which must
+        # show), so ties go to the first max in row-major order, as in PyTorch.
+        y = xp.full((x.shape[0], x.shape[1], OH, OW), -np.inf, dtype=x.dtype)
+        self.argmax = xp.zeros(y.shape, dtype=np.min_scalar_type(KH * KW - 1))
+        for di in range(KH):
+            for dj in range(KW):
+                seen = x_padded[self._seen_at(di, dj, OH, OW)]
+                better = (seen > y) | (xp.isnan(seen) & ~xp.isnan(y))
+                y[better] = seen[better]
+                self.argmax[better] = di * KW + dj
+        # argmax (N, C, OH, OW): the offset di KW + dj of each window's max; all backward needs
         return y
-
-    def _forward_images(self, xpad, y, argmax_index, first_image):
-        """y and argmax_index of the images first_image, ... of the batch, given their xpad."""
-        (KH, KW), (SH, SW) = self.kernel_size, self.stride
-        OH, OW = y.shape[2:]
-        # The max of a window is the max over its rows of the max over its columns: first every
-        # row's KW-wide maxima, colmax (n, C, rows, OW), then KH of those rows, y (n, C, OH, OW).
-        # 2 (KH + KW) passes over the data instead of 2 KH KW, each a strided slice in place.
-        rows = SH * (OH - 1) + KH
-        colmax, col_argmax = _max_along(
-            [xpad[:, :, :rows, dj:dj + SW * (OW - 1) + 1:SW] for dj in range(KW)])
-        y[...], row_argmax = _max_along(
-            [colmax[:, :, di:di + SH * (OH - 1) + 1:SH] for di in range(KH)])
-        # row_argmax (n, C, OH, OW): the window's first row di holding its max; col_argmax
-        # (n, C, rows, OW): in row di, the first column dj holding it. Together: the first max
-        # in row-major order, as in PyTorch. Backward needs only where that is in x.
-        argmax_index[...] = self._index_in_x(row_argmax, col_argmax, first_image)
-
-    def _index_in_x(self, row_argmax, col_argmax, first_image):
-        """The flat index into x (N, C, H, W) of each window's max, or -1 where it is in the
-        padding (only when all of a window's pixels are -inf)."""
-        xp = get_array_module(row_argmax)
-        _, C, H, W = self.input_shape
-        (SH, SW), (PH, PW) = self.stride, self.padding
-        OH, OW = row_argmax.shape[2:]
-        column = xp.zeros(row_argmax.shape, dtype=col_argmax.dtype)  # dj of the max
-        for di in range(self.kernel_size[0]):
-            column += (row_argmax == di) * col_argmax[:, :, di:di + SH * (OH - 1) + 1:SH]
-        top = (xp.arange(OH) * SH - PH).reshape(OH, 1)  # each window's first row in x
-        left = xp.arange(OW) * SW - PW                    # and first column
-        index = row_argmax.astype(np.int64)               # (N, C, OH, OW) flat index in x
-        index *= W
-        index += column
-        index += top * W + left
-        n = row_argmax.shape[0]
-        index += ((first_image * C + xp.arange(n * C)) * (H * W)).reshape(n, C, 1, 1)
-        if PH or PW or self.ceil_mode:
-            h, w = row_argmax + top, column + left
-            index[(h < 0) | (h >= H) | (w < 0) | (w >= W)] = -1
-        return index
 
     # y[i, j] = x[i*SH + di* - PH, j*SW + dj* - PW], with (di*, dj*) the argmax of window
     # (i, j), so
     #     dy[i, j] / dx[p, q] = 1 if x[p, q] is that pixel, else 0,
     #     gx[p, q] = sum of gy[i, j] over the windows (i, j) whose max is x[p, q].
-    # Windows overlap, so one pixel can be the max of several: the sums must accumulate, which
-    # scatter_add (numpy.add.at) does. The indices come nearly in increasing order, so it
-    # runs through memory once.
+    # Windows overlap, so one pixel can be the max of several: the gradients add up, one pass
+    # per window offset as in forward. A max in the padding sends its gradient nowhere.
     def backward(self, gy):
-        xp = get_array_module(gy)
+        (KH, KW), (PH, PW) = self.kernel_size, self.padding
         N, C, H, W = self.input_shape
-        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
-        if cuda.uses_kernels(gy) and KH * KW <= 256:  # one thread per pixel, gathering
-            return cuda.maxpool_backward(gy, self.argmax, self.input_shape, KH, KW, SH, SW,
-                                         PH, PW)
-        index, gy = self.argmax_index.ravel(), gy.ravel()
-        if PH or PW or self.ceil_mode:  # a max in the padding sends its gradient nowhere
-            inside = index >= 0
-            index, gy = index[inside], gy[inside]
-        gx = xp.zeros(N * C * H * W, dtype=gy.dtype)
-        scatter_add(gx, index, gy)
-        return gx.reshape(N, C, H, W)
-
-
-def _max_along(slices):
-    """The elementwise max of equally shaped arrays, and the index of the first array holding
-    it (uint8 when there are at most 256). Counting the arrays before the first max is several
-    times faster than argmax over a stacked axis, and builds no stack."""
-    xp = get_array_module(slices[0])
-    maximum = slices[0].copy()
-    for s in slices[1:]:
-        xp.maximum(maximum, s, out=maximum)
-    first = xp.zeros(maximum.shape, dtype=np.min_scalar_type(len(slices) - 1))
-    max_seen = xp.zeros(maximum.shape, dtype=bool)
-    for s in slices[:-1]:
-        max_seen |= s == maximum
-        first += ~max_seen
-    return maximum, first
+        OH, OW = gy.shape[2:]
+        grad_padded, _, _ = self._padded(get_array_module(gy).zeros(self.input_shape, gy.dtype), 0)
+        for di in range(KH):
+            for dj in range(KW):
+                seen = self._seen_at(di, dj, OH, OW)
+                grad_padded[seen] += gy * (self.argmax == di * KW + dj)
+        return grad_padded[:, :, PH:PH + H, PW:PW + W]
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):

@@ -1,4 +1,5 @@
-"""Winograd convolution: the same stride-1 convolution as conv.py with fewer multiplications.
+"""Winograd convolution: the same stride-1 convolution as functions/conv.py (the reference it
+stands in for, on the CPU) with fewer multiplications.
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2015), after Winograd (1980).
 Notation as in conv.py (N C H W, F G CG FG, PH PW, OH OW), and:
@@ -29,16 +30,19 @@ dU = dM @ VT gives the filters' gradient through GT dU G, and dV = UT @ dM gives
 through B dV BT, whose overlapping tiles add up. All of it is exact in exact arithmetic, so a
 float64 gradient check holds to 1e-10 like the direct path's.
 
-conv2d (conv.py) uses this path on the CPU for stride-1 square kernels with a tile in
-WINOGRAD_TILES; im2col stays the reference, and the path for everything else.
+The fast path "winograd" (dispatch.py) stands in for Conv2d on the CPU for stride-1 square
+kernels with a tile in WINOGRAD_TILES (AlexNet's conv2 to conv5); im2col stays the reference, and
+the path for everything else. What it buys is in the README's table "What each fast path buys".
 """
 import functools
 
 import numpy as np
 
-from .. import backend
+from .. import dispatch
 from ..backend import get_array_module
+from ..functions.conv import Conv2d
 from ..tensor import Function
+from . import threads
 
 # Output tile m for a kernel size r. What counts is the products per output, a^2 / m^2, times
 # the outputs computed past the map's edge. AlexNet's 13 x 13 maps with 3x3 kernels: m = 5
@@ -89,7 +93,7 @@ def _both_sides(L, X):
     (rows, then columns) do fewer multiply-adds but measured no faster: both wait on memory.
     """
     k, _, Q = X.shape
-    return (np.kron(L, L) @ X.reshape(k * k, Q)).reshape(len(L), len(L), Q)
+    return threads.matmul(np.kron(L, L), X.reshape(k * k, Q)).reshape(len(L), len(L), Q)
 
 
 class WinogradConv2d(Function):
@@ -115,7 +119,8 @@ class WinogradConv2d(Function):
         TH, TW = -(-OH // m), -(-OW // m)
         self.x_shape, self.tiles_shape, self.r = x.shape, (TH, TW), r
         Gr = self._transforms(r, x.dtype)[1]
-        U = (np.kron(Gr, Gr) @ w.reshape(F * CG, r * r).T).reshape(a * a, self.G, F // self.G, CG)
+        U = threads.matmul(np.kron(Gr, Gr), w.reshape(F * CG, r * r).T)
+        U = U.reshape(a * a, self.G, F // self.G, CG)
         self.U = U  # (a^2, G, FG, CG): the filters, transformed
         most = max(1, self.BLOCK_BYTES // (a * a * F * TH * TW * x.dtype.itemsize))
         step = -(-N // -(-N // most))  # blocks of equal size: 32 images in 4 x 8, not 3 x 10 + 2
@@ -145,10 +150,10 @@ class WinogradConv2d(Function):
         # is one strided slice, gathered a few channels at a time (near the cache) on threads
         tiles = xp.empty((a, a, C, TH, TW, N), dtype=x.dtype)
         step = _channels_in_cache(x_padded)
-        backend.run_in_threads(_gather_tiles, [
+        threads.run_in_threads(_gather_tiles, [
             (x_padded[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
         V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
-        M = backend.matmul_in_threads(U, V)                        # (a^2, G, FG, P)
+        M = threads.matmul(U, V)                        # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
         Y = Y.reshape(m, m, F, TH, TW, N)
         y = xp.empty((N, F, TH * m, TW * m), dtype=x.dtype)  # y[n, f, t m + i, u m + j] is
@@ -170,7 +175,8 @@ class WinogradConv2d(Function):
         grad_w = grad_b = None
         if dU is not None:  # back from the a x a points to r x r taps: GT dU G
             Gr = self._transforms(r, gy.dtype)[1]
-            grad_w = (np.kron(Gr, Gr).T @ dU.reshape(a2, F * CG)).T.reshape(F, CG, r, r)
+            grad_w = threads.matmul(np.kron(Gr, Gr).T, dU.reshape(a2, F * CG))
+            grad_w = grad_w.T.reshape(F, CG, r, r)
         if len(self.needs_grad) > 2 and self.needs_grad[2]:
             grad_b = gy.sum(axis=(0, 2, 3))
         return grad_x, grad_w, grad_b
@@ -190,25 +196,30 @@ class WinogradConv2d(Function):
             gy_tiled.reshape(N, F, TH, m, TW, m).transpose(3, 5, 1, 2, 4, 0))
         dM = _both_sides(AT.T, gy_tiles.reshape(m, m, F * P)).reshape(a2, G, FG, P)
         if dU is not None:
-            dU += backend.matmul_in_threads(dM, V.transpose(0, 1, 3, 2))  # (a^2, G, FG, CG)
+            dU += threads.matmul(dM, V.transpose(0, 1, 3, 2))  # (a^2, G, FG, CG)
         if not self.needs_grad[0]:
             return None
-        dV = backend.matmul_in_threads(self.U.transpose(0, 1, 3, 2), dM)  # (a^2, G, CG, P)
+        dV = threads.matmul(self.U.transpose(0, 1, 3, 2), dM)  # (a^2, G, CG, P)
         grad_tiles = _both_sides(BT.T, dV.reshape(a, a, C * P)).reshape(a, a, C, TH, TW, N)
         # The tiles overlap by r - 1: each input pixel collects from every tile it is in
         H, W = self.x_shape[2:]
         grad_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=gy.dtype)
         step = _channels_in_cache(grad_padded)  # as in forward, and no two threads add to one
-        backend.run_in_threads(_add_tiles, [(grad_padded[c:c + step],
+        threads.run_in_threads(_add_tiles, [(grad_padded[c:c + step],
                                              grad_tiles[:, :, c:c + step], m)
                                             for c in range(0, C, step)])
         return grad_padded[:, self.PH:self.PH + H, self.PW:self.PW + W].transpose(3, 0, 1, 2)
 
 
+# Channels per piece of the tile gather and its adjoint: about this many bytes of the padded
+# input, near the cache, and enough work per piece for the threads (smaller pieces measured
+# slower on 2 cores).
+CHANNEL_BLOCK_BYTES = 2 << 20
+
+
 def _channels_in_cache(x_padded):
-    """How many channels of x_padded (C, rows, columns, N) take about 2 MB: near the cache,
-    and enough work per piece for the threads (smaller pieces measured slower on 2 cores)."""
-    return max(1, (2 << 20) // x_padded[0].nbytes)
+    """How many channels of x_padded (C, rows, columns, N) take about CHANNEL_BLOCK_BYTES."""
+    return max(1, CHANNEL_BLOCK_BYTES // x_padded[0].nbytes)
 
 
 def _gather_tiles(x_padded, tiles, m):
@@ -225,3 +236,11 @@ def _add_tiles(grad_padded, grad_tiles, m):
     for i in range(a):
         for j in range(a):
             grad_padded[:, i:i + m * TH:m, j:j + m * TW:m] += grad_tiles[i, j]
+
+
+@dispatch.register(Conv2d, "cpu", "winograd", "conv2d with stride-1 3x3 and 5x5 kernels")
+def _winograd_for(conv, x, w, b=None):
+    F, CG, KH, KW = w.shape
+    if (conv.SH, conv.SW) == (1, 1) and KH == KW and KH in WINOGRAD_TILES:
+        return WinogradConv2d((conv.PH, conv.PW), conv.G, WINOGRAD_TILES[KH])
+    return None
