@@ -1,6 +1,6 @@
 """The kernel benchmark: check every kernel against its reference, then time it.
 
-STYLE.md, item 13. Needs CuPy and an NVIDIA GPU.
+Needs CuPy and an NVIDIA GPU.
 
     python benchmarks/bench_kernels.py                   # everything (a few minutes)
     python benchmarks/bench_kernels.py --quick           # fewer sizes, no CPU training step

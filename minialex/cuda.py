@@ -1,8 +1,9 @@
 """The GPU's hot path: our own CUDA kernels (kernels/*.cu), compiled at run time and launched.
 
-This is the only module that touches `cupy.RawModule`. The ops in functions/*.py call the
-wrappers below when their input is a float32 CuPy array (`uses_kernels`); float64 CuPy arrays
-take the ops' generic path (CuPy's own functions), which is what gradient checks use on a GPU.
+This is the only module that touches `cupy.RawModule`. The GPU's stand-ins for the reference
+ops (gpu.py) call the wrappers below when their input is a float32 CuPy array (`uses_kernels`);
+float64 CuPy arrays, and every array under MINIALEX_FAST=0, take the reference ops
+(functions/*.py) on CuPy's own functions, which is what gradient checks use on a GPU.
 
 Each kernels/NAME.cu is compiled by NVRTC (CuPy's RawModule) once per process, the first time
 one of its kernels is needed. How to launch a kernel is read from the .cu source itself:

@@ -175,7 +175,7 @@ class Module:
         (Keras's model.summary()). `input_shape` is one image's shape, e.g. (3, 227, 227).
 
         ReLU and Dropout change neither shapes nor parameters, so they are left out unless
-        show_all=True; the table then lists the same rows as Keras's (seed 003).
+        show_all=True; the table then lists the same rows as the seed table in minialex/ALEXNET.md.
         """
         rows = _trace_layers(self, input_shape)
         return _format_summary(rows, show_all)
@@ -256,7 +256,8 @@ class AdaptiveAvgPool2d(Module):
 
 
 class LocalResponseNorm(Module):
-    """PyTorch's convention: the sum of squares is multiplied by alpha / size (ALEXNET.md)."""
+    """PyTorch's convention: the sum of squares is multiplied by alpha / size
+    (minialex/ALEXNET.md, "Local response normalization")."""
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
@@ -326,7 +327,8 @@ class Sequential(Module):
 # ----------------------------------------------------------------------------------------------
 # summary()
 
-# The short names of the summary's first column, as in ALEXNET.md's table (Keras says "dense").
+# The short names of the summary's first column, as in minialex/ALEXNET.md's seed table
+# (Keras says "dense").
 _SHORT_NAMES = {"Conv2d": "conv", "MaxPool2d": "pool", "LocalResponseNorm": "lrn",
                 "Linear": "dense", "ReLU": "relu", "Dropout": "dropout", "Flatten": "flatten",
                 "AdaptiveAvgPool2d": "avgpool"}

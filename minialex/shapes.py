@@ -8,7 +8,7 @@ does not end on the last pixel and the result is not an integer: convolutions an
 pooling round down (floor), cuda-convnet rounded up, and so does Caffe's pooling (ceil mode).
 Parameters: K filters of F x F over C channels in G groups have K * (C/G) * F * F weights and
 K biases (the paper's two GPUs are groups=2, §3.5); a fully connected layer from n inputs to
-m outputs has n * m weights and m biases. ALEXNET.md has the facts ("Seed 000 is inconsistent").
+m outputs has n * m weights and m biases. minialex/ALEXNET.md: "Seed 000 is inconsistent".
 
 A network is a list of `Layer`s; parse_spec() reads one from text.
 The spec: items separated by ';' or new lines, '#' starts a comment, and the options after the

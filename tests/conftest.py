@@ -20,6 +20,16 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_fast_paths():
+    """A test may switch fast paths with minialex.set_fast; the next one starts with what was
+    switched on before it (what MINIALEX_FAST chose)."""
+    from minialex import dispatch
+    previous = dispatch.enabled_paths()
+    yield
+    dispatch.set_fast(previous)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` skip cleanly without CuPy and a device, unless MINIALEX_REQUIRE_GPU=1:
     then they run and fail, so that a GPU run can never pass by skipping."""

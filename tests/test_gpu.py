@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 
-from minialex import cuda
+from minialex import cuda, dispatch
 from minialex.backend import as_numpy, device_of
 from minialex.functions.activation import relu
 from minialex.functions.conv import col2im, conv2d, im2col
@@ -32,6 +32,7 @@ from minialex.functions.linear import linear
 from minialex.functions.loss import cross_entropy
 from minialex.functions.lrn import local_response_norm
 from minialex.functions.pool import max_pool2d, pool_output_size
+from minialex.gpu import Conv2dOnKernels, MaxPool2dOnKernels
 from minialex.tensor import tensor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -247,9 +248,10 @@ def shim(monkeypatch):
 
     monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
     monkeypatch.setattr(cuda, "uses_kernels", lambda array: array.dtype == np.float32)
-    # conv2d would take the CPU's Winograd path for these NumPy arrays; the GPU has im2col
-    from minialex.functions import conv as conv_module
-    monkeypatch.setattr(conv_module, "use_winograd", False)
+    # dispatch.py picks the fast path by device: float32 NumPy arrays count as "cuda" (the
+    # stand-ins of gpu.py); float64 ones stay "cpu", the expected values
+    monkeypatch.setattr(dispatch, "device_of", lambda array: "cuda" if getattr(
+        array, "dtype", None) == np.float32 else device_of(array))
     return launches
 
 
@@ -306,7 +308,10 @@ def test_linear_on_the_kernels_matches_numpy(shim, N, IN, OUT):
               rng.standard_normal(OUT)]
     assert_kernel_path_matches_numpy(linear, arrays)
     layouts = sorted(name[-2:] for name in names_launched(shim))
-    assert layouts == ["nn", "nt", "tn"]
+    if min(N, IN, OUT) > 1:
+        assert layouts == ["nn", "nt", "tn"]
+    else:  # a transposed 1-wide operand is laid out as it is read: no transpose needed
+        assert len(layouts) == 3 and all(name.startswith("sgemm") for name in names_launched(shim))
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", [
@@ -416,13 +421,32 @@ def test_a_small_network_runs_every_layer_on_the_kernels(shim):
 
 
 def test_im2col_and_col2im_on_the_kernels_match_numpy(shim):
+    """cuda.py's wrappers against the reference's im2col and col2im (functions/conv.py)."""
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 7)).astype(np.float32)
-    col = im2col(x, 3, 2, 2, 1, 1, 0)
-    with pytest.MonkeyPatch.context() as patch:  # the NumPy path for the expected values
-        patch.setattr(cuda, "uses_kernels", lambda array: False)
-        assert np.array_equal(col, im2col(x, 3, 2, 2, 1, 1, 0))
-        expected = col2im(col, x.shape, 2, 1, 1, 0)
-    np.testing.assert_allclose(col2im(col, x.shape, 2, 1, 1, 0), expected, rtol=1e-6)
+    col = cuda.im2col(x, 3, 2, 2, 1, 1, 0)
+    assert np.array_equal(col, im2col(x, 3, 2, 2, 1, 1, 0))
+    expected = col2im(col.astype(np.float64), x.shape, 2, 1, 1, 0)
+    np.testing.assert_allclose(cuda.col2im(col, x.shape, 2, 1, 1, 0), expected, rtol=1e-6)
+    assert names_launched(shim) == ["im2col", "col2im"]
+
+
+def test_the_stand_ins_are_gpu_pys_and_set_fast_false_keeps_the_reference(shim):
+    """Under the shim a float32 op gets gpu.py's stand-in; with set_fast(False) (or without
+    "cuda-kernels") the reference runs with no launch at all."""
+    from minialex import set_fast
+    x = tensor(np.ones((1, 2, 6, 6), np.float32), requires_grad=True)
+    w = tensor(np.ones((2, 2, 3, 3), np.float32))
+    assert type(conv2d(x, w).creator) is Conv2dOnKernels
+    assert type(max_pool2d(x, 2).creator) is MaxPool2dOnKernels
+    launched = len(shim)
+    assert launched > 0
+    for setting in (False, ["winograd", "gemm", "pool", "elementwise", "sgd"]):
+        set_fast(setting)
+        y = max_pool2d(conv2d(x, w), 2)
+        assert type(y.creator).__module__ == "minialex.functions.pool"
+        assert type(y.creator.inputs[0].creator).__module__ == "minialex.functions.conv"
+        y.sum().backward()
+        assert len(shim) == launched
 
 
 def test_pool_output_size_is_what_the_kernel_is_given(shim):

@@ -1,11 +1,14 @@
-"""Winograd convolution (functions/winograd.py) against the naive loop and finite differences."""
+"""Winograd convolution (fast/winograd.py) against the naive loop and finite differences."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minialex.functions import conv, winograd
-from minialex.functions.winograd import WinogradConv2d, transforms
+from minialex import set_fast
+from minialex.fast import winograd
+from minialex.fast.conv import Conv2dOnThreads
+from minialex.fast.winograd import WinogradConv2d, transforms
+from minialex.functions import conv
 from minialex.gradcheck import gradcheck
 from minialex.tensor import tensor
 from test_conv import conv2d_naive
@@ -80,19 +83,17 @@ def test_float32_agrees_with_float64_at_alexnet_like_sizes(m, r, padding, groups
 
 
 def test_float32_gradients_agree_with_the_im2col_path(rng):
+    """set_fast is switched back after each test (conftest.py)."""
     x = rng.standard_normal((2, 6, 11, 11)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     grads = []
-    for use_winograd in (True, False):
+    for fast in (True, False):
         inputs = [tensor(a, requires_grad=True) for a in (x, w, b)]
-        conv.use_winograd = use_winograd
-        try:
-            y = conv.conv2d(*inputs, padding=1, groups=2)
-        finally:
-            conv.use_winograd = True
-        is_winograd = isinstance(y.creator, WinogradConv2d)
-        assert is_winograd == use_winograd
+        set_fast(fast)
+        y = conv.conv2d(*inputs, padding=1, groups=2)
+        assert isinstance(y.creator, WinogradConv2d) == fast
+        assert (type(y.creator) is conv.Conv2d) == (not fast)  # the reference itself
         (y * tensor(np.cos(np.arange(y.size)).reshape(y.shape).astype(np.float32))).sum()\
             .backward()
         grads.append([t.grad for t in inputs] + [y.numpy()])
@@ -106,10 +107,19 @@ def test_float32_gradients_agree_with_the_im2col_path(rng):
     (dict(), 11, False), (dict(), 1, False)])
 def test_conv2d_takes_the_winograd_path_for_stride_1_kernels_with_a_tile(kwargs, kernel,
                                                                           uses_winograd):
+    """By default Winograd where it applies and the threaded im2col elsewhere; with
+    set_fast(False) the reference Conv2d everywhere."""
     assert winograd.WINOGRAD_TILES.get(kernel) is not None or not uses_winograd
-    x = tensor(np.ones((1, 2, 12, 12), dtype=np.float32), requires_grad=True)
-    y = conv.conv2d(x, tensor(np.ones((2, 2, kernel, kernel), dtype=np.float32)), **kwargs)
-    assert isinstance(y.creator, WinogradConv2d) == uses_winograd
+    for fast in (True, False):
+        set_fast(fast)
+        x = tensor(np.ones((1, 2, 12, 12), dtype=np.float32), requires_grad=True)
+        y = conv.conv2d(x, tensor(np.ones((2, 2, kernel, kernel), dtype=np.float32)), **kwargs)
+        if not fast:
+            assert type(y.creator) is conv.Conv2d
+        elif uses_winograd:
+            assert type(y.creator) is WinogradConv2d
+        else:
+            assert type(y.creator) is Conv2dOnThreads
 
 
 def test_blocks_of_images_give_the_same_result_and_gradients(monkeypatch, rng):

@@ -1,5 +1,5 @@
 """AlexNet: Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional
-Neural Networks", NIPS 2012. Three variants (ALEXNET.md has the facts and their sources):
+Neural Networks", NIPS 2012. Three variants (minialex/ALEXNET.md has the facts and their sources):
 
     paper        the 2012 network: LRN after conv1 and conv2 (§3.3), overlapping pooling
                  (§3.4), groups=2 in conv2, conv4, conv5 for the two GPUs (§3.5), dropout on
@@ -53,7 +53,8 @@ class AlexNet(nn.Module):
 
         if variant == "paper":
             # LRN with the paper's k=2, n=5, alpha=1e-4, beta=0.75; PyTorch's convention
-            # divides alpha by n, hence 5e-4 here (ALEXNET.md, Local response normalization).
+            # divides alpha by n, hence 5e-4 here (minialex/ALEXNET.md, "Local response
+            # normalization").
             self.features = nn.Sequential(                                   # (N, 3, 227, 227)
                 nn.Conv2d(3, c1, 11, stride=4),                              # (N, 96, 55, 55)
                 nn.ReLU(),
