@@ -4,6 +4,7 @@ images/s, for minialex on the CPU and the GPU beside PyTorch on the same model a
     python benchmarks/bench_alexnet.py                     # seed and paper, width 1: minutes
     python benchmarks/bench_alexnet.py --variant seed --width 0.25 --batch 8 --scaling 1,8
     python benchmarks/bench_alexnet.py --engines mx-cpu,torch-cpu --threads 2 --out DIR
+    python benchmarks/bench_alexnet.py --reference         # minialex's reference ops alone
 
 Engines: mx-cpu (minialex on NumPy), mx-gpu (minialex on CuPy, where CuPy sees a device),
 torch-cpu and torch-gpu (PyTorch, where it is installed; it is never a dependency of minialex).
@@ -12,6 +13,12 @@ does, and "torch GPU (defaults)" with PyTorch's own settings. An engine that is 
 left out with a printed note.
 
 Method.
+- As a user's script runs it: NumPy is imported before minialex (the order no longer matters to
+  minialex's speed: its fast paths run their products on their own threads with BLAS held to
+  one thread), and minialex runs the fast paths MINIALEX_FAST in the environment selects (all
+  by default; --reference sets MINIALEX_FAST=0, the reference ops alone, and the minialex rows
+  are labelled "(reference)"). OPENBLAS_THREAD_TIMEOUT is shown only where the environment
+  sets it.
 - Same model, batch and weights: one minialex AlexNet (variant seed or paper, input 227,
   1000 classes, float32) gives its initial weights to every engine; the PyTorch model mirrors
   minialex's layer by layer with torch.nn (paper: LocalResponseNorm(5, alpha=5e-4, beta=0.75,
@@ -23,35 +30,57 @@ Method.
   OPENBLAS_NUM_THREADS before NumPy is imported, and threadpoolctl where it is installed) and
   torch.set_num_threads, so both engines use the same cores.
 - Training step: forward, cross-entropy, zero_grad, backward, SGD(lr=0.01, momentum=0.9,
-  weight_decay=5e-4) step, dropout active. --warmup steps first, then --repeats timed ones,
-  the engines alternating (A B A B ...) so that a noisy machine slows them alike. The wall
-  clock times each step, with the GPU synchronized before and after. Between two CPU engines
-  the script waits --settle seconds (0.15): a BLAS or OpenMP thread pool spins for a while
-  after its work (OpenBLAS's about 0.1 s) and would take the cores from the engine that runs
-  next (measured on 2 cores: PyTorch's step 2-3x slower without the wait). Reported: the
-  median of images/s and its spread (min-max; the IQR is in results.json), GFLOP/s =
-  training FLOP per image x images/s, and that as a fraction of the machine's own limit: the
-  best rate of a float32 SGEMM, measured at the start and at the end of the run (numpy.matmul
-  on --sgemm-size^3 on the CPU; cuBLAS through cupy.matmul on 4096^3 with CUPY_TF32=0 on the
-  GPU). The 1-minute load average at the start and the end tells whether something else ran.
+  weight_decay=5e-4) step, dropout active. Each engine's steps run in a fresh process of their
+  own (this script with a hidden --child flag), so that no other engine's idle threads share
+  its cores: a BLAS or OpenMP thread pool spins for a while after its work (OpenBLAS's about
+  0.1 s) and takes the cores from whatever runs next. A process builds the model (the same
+  seeded weights), takes --warmup untimed steps, then --repeats timed ones: one series.
+  --series series per engine (3), the engines alternating (process A, B, A, B, ...) so that a
+  noisy machine slows them alike. The wall clock times each step, with the GPU synchronized
+  before and after. Reported: the median over the series of each series' median images/s,
+  its spread (min-max of the series medians; their IQR, and every step's time, are in
+  results.json), GFLOP/s = training FLOP per image x images/s, and that as a fraction of the
+  machine's own limit: the best rate of a float32 SGEMM, measured at the start and at the end
+  of the run (numpy.matmul on --sgemm-size^3 on the CPU; cuBLAS through cupy.matmul on 4096^3
+  with CUPY_TF32=0 on the GPU). The 1-minute load average at the start and the end tells
+  whether something else ran.
 - Per layer: every layer of model.features and model.classifier alone (flatten is skipped),
   on its real input (the previous layers' output): forward, then backward of its output with a
   random gradient, the input requiring a gradient except for conv1's (the image's gradient is
-  not needed in training). The same alternation, warm-up and repeats; after the wait between
-  CPU engines the layer runs once untimed (to wake the thread pool); medians.
+  not needed in training). This table stays in this one process, every engine's model side by
+  side (simpler, and each layer needs every engine's input): the engines alternate call by
+  call, --warmup and --repeats rounds; between two CPU engines the script waits --settle
+  seconds (0.15) for the thread pool of the one that ran to go idle (measured on 2 cores:
+  PyTorch's layers 2-3x slower without the wait), and the layer then runs once untimed (to
+  wake the sleeping pool) before the timed call; medians.
   FLOP from the shapes: a convolution 2 N F (C/G) KH KW OH OW forward, and as much again for
   each of grad_input and grad_weight backward (conv1 has no grad_input); a linear layer 2 N IN
   OUT, the same way. Layers without arithmetic (ReLU, LRN, pooling, dropout) show GB/s of the
   least traffic they need: x and y forward, dy, x and dx backward.
-- Memory of a training step, each engine in a fresh process (this script with a hidden
-  --measure-memory flag) that builds only that engine's model and takes one warm-up step, then
-  measures one step. CPU: the resident set, its high-water mark reset (5 into
+- Memory of a training step, in the first series of each engine: after its first warm-up
+  step, one more untimed step is measured (then the rest of the warm-up and the timed steps
+  follow). CPU: the resident set, its high-water mark reset (5 into
   /proc/self/clear_refs) before the step and read (VmHWM) after it; "step working set" is that
   peak minus the resident set just before the step (without /proc: ru_maxrss, the peak only).
   GPU: CuPy's memory pool (every free block released before the step; the pool's size after
   it is its high-water mark) or torch.cuda.max_memory_allocated after reset_peak_memory_stats.
-- Scaling: images/s and memory at each batch of --scaling for the first variant (at an
-  engine's own batch, the training step's numbers above).
+- Scaling: images/s and memory at each batch of --scaling for the first variant, one series
+  per engine and batch (at an engine's own batch, the training step's numbers above).
+- What each fast path buys (minialex CPU, first variant, its training-step batch; skip it with
+  --no-fast-table): the reference alone (MINIALEX_FAST=0), then the CPU's fast paths switched
+  on one more at a time in the order of minialex.fast_paths() (MINIALEX_FAST=winograd, then
+  winograd,gemm, ...; cuda-kernels, the GPU's, is left out). Each configuration is one fresh
+  process, --warmup + --fast-repeats (3) timed steps, so that "memory" (a malloc setting made
+  when minialex is imported) is honoured too. Columns: the median images/s and step time,
+  the speed-up over the reference and over the row before, and where the step's time goes,
+  timed inside the same steps: each layer's forward (its module's forward, wrapped) and
+  backward (the backward of the functions that forward made, wrapped), SGD's step, and
+  "other", the rest (the loss, zero_grad, flatten, the walk over the graph). The wrappers
+  cost microseconds per layer. The parts are means over the timed steps, so that they add
+  up to the mean step; ReLUs, poolings, LRNs and dropouts are summed by kind.
+
+Time: about 6 minutes on 2 cores with the defaults, a minute of it for the fast-path table
+(its reference steps, 2 s each at width 1 on an idle machine, are the slowest of the run).
 
 Output: the tables on the console, and in --out (runs/bench_alexnet) results.json
 (everything, raw times included), results.md (the same tables) and results.png (bar charts;
@@ -82,15 +111,21 @@ def _threads_from_argv(argv):
 if __name__ == "__main__" and (_threads_from_argv(sys.argv[1:]) or "").isdigit():
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_variable] = _threads_from_argv(sys.argv[1:])
+if __name__ == "__main__" and "--reference" in sys.argv[1:]:
+    # before minialex is imported: its one process-wide setting (the "memory" fast path) is
+    # made at import, so this is the only way to leave it out of this process too
+    os.environ["MINIALEX_FAST"] = "0"
 os.environ["CUPY_TF32"] = "0"  # before CuPy is imported (minialex imports it on first use)
 
+# NumPy first, as a user's script imports it: minialex's speed must not depend on the order
+import numpy as np  # noqa: E402
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
-import minialex.functional as F  # noqa: E402  (before NumPy: minialex/__init__.py says why)
+import minialex  # noqa: E402
+import minialex.functional as F  # noqa: E402
 from minialex import backend, optim, random  # noqa: E402
 from minialex.models.alexnet import INPUT_SIZE, VARIANTS, alexnet  # noqa: E402
 from minialex.tensor import Tensor, no_grad, tensor  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 SCRIPT = pathlib.Path(__file__).resolve()
 ENGINES = ("mx-cpu", "mx-gpu", "torch-cpu", "torch-gpu")
@@ -100,7 +135,8 @@ DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
 NUM_CLASSES = 1000
 SGD_SETTINGS = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 GPU_SGEMM_SIZE = 4096
-MEMORY_TAG = "bench_alexnet memory: "  # the child's result line starts with this
+CHILD_TAG = "bench_alexnet child: "  # the child's result line starts with this
+GPU_ONLY_FAST_PATHS = ("cuda-kernels",)  # left out of the CPU's table "What each fast path buys"
 FOOTNOTE = ("(x GB/s): a layer without arithmetic; bytes of x and y forward, dy, x and dx "
             "backward, per second.\nPeak memory: the resident set on the CPU, the allocator's "
             "high-water mark on the GPU;\nstep working set = peak - memory just before the "
@@ -120,8 +156,13 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None,
                    help="images per step on every engine (default: 32 on the CPU, 128 on the "
                    "GPU)")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed steps per series, and timed rounds per layer (default 5)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first, in every process (default 2)")
+    p.add_argument("--series", type=int, default=None,
+                   help="fresh processes per engine for the training step, engines alternating "
+                   "(default 3); the median of their medians is reported")
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier of the model: 1 is the real AlexNet")
     p.add_argument("--threads", type=int, default=None,
@@ -134,15 +175,27 @@ def parse_args(argv=None):
     p.add_argument("--settle", type=float, default=0.15,
                    help="seconds between two CPU engines' calls, for the thread pool of the one "
                    "that ran to go idle (default 0.15; 0: none)")
+    p.add_argument("--reference", action="store_true",
+                   help="minialex engines without fast paths (MINIALEX_FAST=0): the reference "
+                   "ops alone")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    p.add_argument("--no-fast-table", action="store_true",
+                   help="skip the table \"What each fast path buys\" (a process per "
+                   "configuration, the reference's steps being the slowest of the run)")
+    p.add_argument("--fast-repeats", type=int, default=None,
+                   help="timed steps per configuration of that table (default 3)")
     p.add_argument("--no-memory", action="store_true",
-                   help="skip the memory measurements (one subprocess per engine and batch)")
+                   help="skip the memory measurements (made in the first series of each "
+                   "engine and batch)")
     p.add_argument("--quick", action="store_true",
-                   help="repeats 2, warm-up 1, SGEMM 1024^3, no scaling table (the options "
-                   "given explicitly still count)")
+                   help="repeats 2, warm-up 1, one series, fast-path table repeats 1, SGEMM "
+                   "1024^3, no scaling table (the options given explicitly still count)")
     p.add_argument("--out", default="runs/bench_alexnet",
                    help="folder for results.json, results.md and results.png")
-    p.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)
+    # The child process that times one engine's training steps (see run_child)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     args.variants = [v.strip() for v in args.variant.split(",") if v.strip()]
@@ -155,10 +208,12 @@ def parse_args(argv=None):
     if unknown or not args.engine_names:
         p.error(f"--engines: unknown engine {', '.join(map(repr, unknown)) or 'none given'}; "
                 f"choose from {', '.join(ENGINES)}")
-    if args.measure_memory is not None and args.measure_memory not in LABELS:
-        p.error(f"--measure-memory: unknown engine {args.measure_memory!r}")
-    defaults = {"repeats": 2, "warmup": 1, "sgemm_size": 1024, "scaling": ""} if args.quick \
-        else {"repeats": 5, "warmup": 2, "sgemm_size": 2048, "scaling": "1,8,32,128"}
+    if args.child is not None and args.child not in LABELS:
+        p.error(f"--child: unknown engine {args.child!r}")
+    defaults = {"repeats": 2, "warmup": 1, "series": 1, "fast_repeats": 1, "sgemm_size": 1024,
+                "scaling": ""} if args.quick else \
+        {"repeats": 5, "warmup": 2, "series": 3, "fast_repeats": 3, "sgemm_size": 2048,
+         "scaling": "1,8,32,128"}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -166,6 +221,10 @@ def parse_args(argv=None):
         p.error(f"--batch must be >= 1; got {args.batch}")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1; got {args.repeats}")
+    if args.series < 1:
+        p.error(f"--series must be >= 1; got {args.series}")
+    if args.fast_repeats < 1:
+        p.error(f"--fast-repeats must be >= 1; got {args.fast_repeats}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0; got {args.warmup}")
     if not args.width > 0:
@@ -206,6 +265,26 @@ def forward_order(model):
     return [(path, module_at(model, path)) for path in paths]
 
 
+SHORT_NAMES = {"Conv2d": "conv", "ReLU": "relu", "LocalResponseNorm": "lrn",
+               "MaxPool2d": "pool", "Dropout": "dropout", "Flatten": "flatten",
+               "AdaptiveAvgPool2d": "avgpool"}
+
+
+def layer_names(model):
+    """{path: name} of every layer in forward order: conv1, relu1, pool1, ..., fc8."""
+    names, counts = {}, {}
+    for path, module in forward_order(model):
+        kind = type(module).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "Linear":  # fc6, fc7, fc8 after AlexNet's five convolutions
+            names[path] = f"fc{counts.get('Conv2d', 0) + counts[kind]}"
+        elif kind in ("Flatten", "AdaptiveAvgPool2d"):
+            names[path] = SHORT_NAMES[kind]
+        else:
+            names[path] = f"{SHORT_NAMES.get(kind, kind.lower())}{counts[kind]}"
+    return names
+
+
 def layer_flops(model, input_shape, batch=1):
     """One row per layer, in forward order: its name (conv1, relu1, ..., fc8), shapes, whether
     the benchmark times it (every layer of features and classifier), and the FLOP and least
@@ -215,9 +294,7 @@ def layer_flops(model, input_shape, batch=1):
     (the first layer has no grad_input: the image needs no gradient). linear: 2 N IN OUT, the
     same way. Other layers have no FLOP; their bytes are x and y forward, dy, x, dx backward.
     """
-    rows, counts = [], {}
-    short = {"Conv2d": "conv", "ReLU": "relu", "LocalResponseNorm": "lrn", "MaxPool2d": "pool",
-             "Dropout": "dropout", "Flatten": "flatten", "AdaptiveAvgPool2d": "avgpool"}
+    rows, names = [], layer_names(model)
     parameters = model.parameters()
     x = tensor(np.zeros((1, *input_shape), dtype=np.float32), device=parameters[0].device)
     was_training = model.training
@@ -226,13 +303,6 @@ def layer_flops(model, input_shape, batch=1):
         for index, (path, module) in enumerate(forward_order(model)):
             y = module(x)
             kind = type(module).__name__
-            counts[kind] = counts.get(kind, 0) + 1
-            if kind == "Linear":  # fc6, fc7, fc8 after AlexNet's five convolutions
-                name = f"fc{counts.get('Conv2d', 0) + counts[kind]}"
-            elif kind in ("Flatten", "AdaptiveAvgPool2d"):
-                name = short[kind]
-            else:
-                name = f"{short.get(kind, kind.lower())}{counts[kind]}"
             needs_input_grad = index > 0
             in_size, out_size = int(np.prod(x.shape)) * batch, int(np.prod(y.shape)) * batch
             forward_flop = 0
@@ -242,7 +312,7 @@ def layer_flops(model, input_shape, batch=1):
             elif kind == "Linear":
                 forward_flop = 2 * batch * module.in_features * module.out_features
             backward_flop = forward_flop * (2 if needs_input_grad else 1)
-            rows.append({"name": name, "path": path, "kind": kind,
+            rows.append({"name": names[path], "path": path, "kind": kind,
                          "timed": not path.startswith(("flatten", "avgpool")),
                          "needs_input_grad": needs_input_grad,
                          "input_shape": [batch, *x.shape[1:]],
@@ -303,6 +373,7 @@ class MinialexEngine(Engine):
         super().__init__(name, device)
         self.xp = np if device == "cpu" else backend._import_cupy()
         self.cross_entropy = F.cross_entropy
+        self.label += fast_path_suffix()
 
     def sync(self):
         if self.device == "cuda":
@@ -383,6 +454,20 @@ class TorchEngine(Engine):
     def forward_no_grad(self, layer, x):
         with self.torch.no_grad():
             return layer(x)
+
+
+def fast_path_setting():
+    """minialex's fast paths switched on in this process: "all", "none" or their names."""
+    enabled = minialex.enabled_paths()
+    if enabled == set(minialex.fast_paths()):
+        return "all"
+    return ",".join(name for name in minialex.fast_paths() if name in enabled) or "none"
+
+
+def fast_path_suffix():
+    """What a minialex engine's label says when not every fast path is on."""
+    setting = fast_path_setting()
+    return {"all": "", "none": " (reference)"}.get(setting, f" (MINIALEX_FAST={setting})")
 
 
 TORCH_DEFAULTS = {}  # PyTorch's TF32 switches as it came, before this script changes them
@@ -500,8 +585,11 @@ def describe_machine(args, torch):
                "platform": platform.platform(), "load_average_start": load_average(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     machine.update(blas_description())
-    # minialex sets it when imported before NumPy (minialex/__init__.py); it changes the speed
+    # Only from the environment (minialex no longer sets it): it changes how OpenBLAS's idle
+    # threads spin, so a run with it set is not comparable with one without
     machine["openblas_thread_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    machine["minialex_fast"] = fast_path_setting()
+    machine["minialex_fast_paths"] = minialex.fast_paths()
     machine["torch"] = torch.__version__ if torch is not None else None
     machine["torch_threads"] = torch.get_num_threads() if torch is not None else None
     machine["gpu"] = gpu_name(torch)
@@ -652,33 +740,6 @@ def check_logits(engines, models, reference, size):
     return differences
 
 
-def bench_training(engines, models, optimizers, batch_of, size, args):
-    """{engine name: training-step result} at each engine's batch_of(engine)."""
-    losses = {}
-
-    def timed_step(engine, x, labels):
-        engine.sync()
-        started = time.perf_counter()
-        losses[engine.name] = engine.step(models[engine.name], optimizers[engine.name], x,
-                                          labels)
-        engine.sync()
-        return (time.perf_counter() - started,)
-
-    calls = []
-    for engine in engines:
-        x, labels = engine.make_batch(*sample_images(batch_of(engine), size))
-        calls.append((engine, functools.partial(timed_step, engine, x, labels)))
-    samples = alternate(calls, args.warmup, args.repeats, args.settle)
-    results = {}
-    for engine in engines:
-        batch = batch_of(engine)
-        seconds = [s for (s,) in samples[engine.name]]
-        results[engine.name] = {"label": engine.label, "batch": batch, "step_s": seconds,
-                                "images_per_s": spread([batch / s for s in seconds]),
-                                "final_loss": float(losses[engine.name].item())}
-    return results
-
-
 def bench_layers(engines, models, rows_of, size, args):
     """Every timed layer alone on every engine, on its real input (the previous layers' output
     on that engine): one entry per layer with its FLOP per image and each engine's times."""
@@ -722,38 +783,215 @@ def bench_layers(engines, models, rows_of, size, args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory, each engine in a process of its own
+# Training steps, each engine in a process of its own
 
-def measure_memory(args):
-    """The child: one engine, one model, a warm-up step, then one measured step; prints a line
-    MEMORY_TAG + JSON."""
+def run_child(engine_name, variant, batch, args, repeats=None, memory=False, profile=False,
+              fast=None):
+    """Run this script as a child that times `engine_name`'s training steps alone (child_main);
+    its result, a dict. fast: MINIALEX_FAST for the child (None: this process's environment,
+    which --reference set to 0)."""
+    command = [sys.executable, str(SCRIPT), "--child", engine_name, "--variant", variant,
+               "--width", repr(args.width), "--batch", str(batch), "--threads",
+               str(args.threads), "--warmup", str(args.warmup), "--repeats",
+               str(repeats or args.repeats)]
+    command += ["--child-memory"] if memory else []
+    command += ["--child-profile"] if profile else []
+    environment = dict(os.environ)
+    if fast is not None:
+        environment["MINIALEX_FAST"] = fast
+    what = f"{engine_name} ({variant}, batch {batch}" + \
+        (f", MINIALEX_FAST={fast})" if fast is not None else ")")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+                              env=environment)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"bench_alexnet: the training steps of {what} took over an hour")
+    for line in done.stdout.splitlines()[::-1]:
+        if line.startswith(CHILD_TAG):
+            return json.loads(line[len(CHILD_TAG):])
+    why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    raise SystemExit(f"bench_alexnet: the process timing {what} failed (exit "
+                     f"{done.returncode}): {why}\n  command: {' '.join(command)}")
+
+
+def bench_training(engines, variant, batch_of, args, series, memory):
+    """{engine name: training-step result} at each engine's batch_of(engine): `series` fresh
+    processes per engine, the engines alternating (A B A B ...); the memory is measured in the
+    first series where `memory` is True."""
+    runs = {engine.name: [] for engine in engines}
+    time.sleep(args.settle)  # this process's thread pools go idle before the first child
+    for index in range(series):
+        for engine in engines:
+            runs[engine.name].append(run_child(engine.name, variant, batch_of(engine), args,
+                                               memory=memory and index == 0))
+    results = {}
+    for engine in engines:
+        batch = batch_of(engine)
+        per_series = [{"step_s": run["step_s"], "fast_paths": run["fast_paths"],
+                       "images_per_s": spread([batch / s for s in run["step_s"]])["median"]}
+                      for run in runs[engine.name]]
+        every_step = [s for run in runs[engine.name] for s in run["step_s"]]
+        results[engine.name] = {
+            "label": engine.label, "batch": batch, "series": per_series, "step_s": every_step,
+            "images_per_s": spread([run["images_per_s"] for run in per_series]),
+            "images_per_s_of_every_step": spread([batch / s for s in every_step]),
+            "final_loss": runs[engine.name][-1]["final_loss"],
+            "memory": runs[engine.name][0].get("memory")}
+    return results
+
+
+def child_main(args):
+    """The child: one engine, one model, --warmup untimed and --repeats timed training steps;
+    with --child-memory, one more untimed step after the first warm-up step, whose memory is
+    measured. Prints CHILD_TAG + JSON. --child-profile times every layer inside the timed
+    steps (StepProfiler)."""
     torch = None
-    if args.measure_memory.startswith("torch"):
+    if args.child.startswith("torch"):
         torch, why = import_torch()
         if torch is None:
-            raise SystemExit(f"bench_alexnet --measure-memory: {why}")
+            raise SystemExit(f"bench_alexnet --child: {why}")
     set_threads(args.threads, torch)
-    engine = make_engine(args.measure_memory, torch)
+    engine = make_engine(args.child, torch)
     variant = args.variants[0]
-    random.manual_seed(0)
+    random.manual_seed(0)  # the weights every engine gets (run_variant builds them alike)
     state = alexnet(variant, NUM_CLASSES, width=args.width).state_dict()
     model = engine.build(variant, args.width, state)
     del state
     optimizer = engine.optimizer(model)
     batch = args.batch or engine.batch
-    size = INPUT_SIZE[variant]
-    x, labels = engine.make_batch(*sample_images(batch, size))
+    x, labels = engine.make_batch(*sample_images(batch, INPUT_SIZE[variant]))
+    losses = [None]  # the last step's
 
     def step():
         engine.prepare()
-        engine.step(model, optimizer, x, labels)
         engine.sync()
+        started = time.perf_counter()
+        losses[0] = engine.step(model, optimizer, x, labels)
+        engine.sync()
+        return time.perf_counter() - started
 
-    step()  # warm-up: the momentum buffers, compiled kernels, cuDNN's choices
-    gc.collect()
+    warmup = args.warmup  # the momentum buffers, thread pools, kernels, cuDNN's choices
+    memory = None
+    if args.child_memory:  # the second step of the process, as every earlier run measured it
+        if warmup:
+            step()
+            warmup -= 1
+        gc.collect()
+        memory = step_memory(engine, step, torch)
+    for _ in range(warmup):  # the rest (the memory step refilled the GPU pool it emptied)
+        step()
+    profiler = StepProfiler(model, optimizer) if args.child_profile else None
+    seconds = []
+    for _ in range(args.repeats):
+        seconds.append(step())
+        if profiler:
+            profiler.end_step(seconds[-1])
+    result = {"step_s": seconds, "final_loss": float(losses[0].item()),
+              "fast_paths": sorted(minialex.enabled_paths()) if engine.framework == "minialex"
+              else None,
+              "malloc_keeps_freed_memory": minialex.fast.memory.KEEPS_FREED_MEMORY}
+    if profiler:
+        result["profile"] = profiler.summary()
+    if memory is not None:
+        result["memory"] = memory
+    print(CHILD_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+class StepProfiler:
+    """Where a minialex training step's time goes, timed inside the real steps (not layer by
+    layer on their own): each layer's forward (its module's forward, wrapped), its backward
+    (the backward of the functions that forward made, wrapped as they are made) and the SGD
+    step (optimizer.step, wrapped). What no wrapper sees is "other": the loss and its
+    gradient, zero_grad, flatten, and the walk over the graph. The wrappers add a couple of
+    clock reads per layer, microseconds in a step of hundreds of milliseconds.
+
+    The parts are grouped: conv1..conv5 and fc6..fc8 each alone, every ReLU together (and so
+    every pooling, LRN and dropout layer), "optimizer" and "other"; their milliseconds are the
+    means over the timed steps, so that they add up to the mean step."""
+
+    def __init__(self, model, optimizer):
+        self.current, self.steps = {}, []
+        for path, name in layer_names(model).items():
+            if name not in ("flatten",):
+                self._wrap_forward(module_at(model, path), layer_group(name))
+        step = optimizer.step
+
+        def timed_step():
+            started = time.perf_counter()
+            step()
+            self._add("optimizer", time.perf_counter() - started)
+
+        optimizer.step = timed_step
+
+    def _add(self, group, seconds):
+        self.current[group] = self.current.get(group, 0.0) + seconds
+
+    def _wrap_forward(self, module, group):
+        forward = module.forward
+
+        def timed_forward(x):
+            started = time.perf_counter()
+            y = forward(x)
+            self._add(group, time.perf_counter() - started)
+            for function in functions_between(y, x):
+                self._wrap_backward(function, group)
+            return y
+
+        module.forward = timed_forward  # Module.__call__ calls self.forward
+
+    def _wrap_backward(self, function, group):
+        backward = function.backward
+
+        def timed_backward(grad_output):
+            started = time.perf_counter()
+            grads = backward(grad_output)
+            self._add(group, time.perf_counter() - started)
+            return grads
+
+        # the graph walk calls function.backward; it clears the function's __dict__ after
+        function.backward = timed_backward
+
+    def end_step(self, step_seconds):
+        parts = dict(self.current)
+        parts["other"] = step_seconds - sum(parts.values())
+        self.steps.append(parts)
+        self.current = {}
+
+    def summary(self):
+        """{group: mean milliseconds per step}, in the order of the step, "other" last."""
+        groups = [g for g in self.steps[0] if g not in ("optimizer", "other")]
+        groups += ["optimizer", "other"]
+        return {g: 1e3 * float(np.mean([s.get(g, 0.0) for s in self.steps])) for g in groups}
+
+
+def layer_group(name):
+    """conv1 -> conv1, fc6 -> fc6, relu3 -> relu, pool2 -> pool, avgpool -> pool, lrn1 -> lrn."""
+    if name.startswith(("conv", "fc")):
+        return name
+    return "pool" if name == "avgpool" else name.rstrip("0123456789")
+
+
+def functions_between(output, input):
+    """The functions of the graph from `input` to `output` (a layer's own operations)."""
+    found, seen, stack = [], set(), [output]
+    while stack:
+        x = stack.pop()
+        function = x.creator
+        if x is input or function is None or id(function) in seen:
+            continue
+        seen.add(id(function))
+        found.append(function)
+        stack.extend(function.inputs)
+    return found
+
+
+def step_memory(engine, step, torch):
+    """The memory of one training step: on the CPU the resident set, on the GPU the
+    allocator's high-water mark; and what was in use just before it."""
     if engine.device == "cpu":
-        result = resident_set_of(step)
-    elif engine.framework == "minialex":
+        return resident_set_of(step)
+    if engine.framework == "minialex":
         pool = backend._import_cupy().get_default_memory_pool()
         pool.free_all_blocks()
         before = pool.used_bytes()
@@ -766,8 +1004,8 @@ def measure_memory(args):
         step()
         result = {"peak_bytes": torch.cuda.max_memory_allocated(), "before_bytes": before,
                   "what": "torch.cuda.max_memory_allocated"}
-    print(MEMORY_TAG + json.dumps(result), flush=True)
-    return 0
+    result["step_bytes"] = result["peak_bytes"] - before
+    return result
 
 
 def resident_set_of(step):
@@ -782,36 +1020,57 @@ def resident_set_of(step):
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # high-water mark := now
         before = field("VmRSS")
         step()
-        return {"peak_bytes": field("VmHWM"), "before_bytes": before,
+        peak = field("VmHWM")
+        return {"peak_bytes": peak, "before_bytes": before, "step_bytes": peak - before,
                 "what": "resident set (VmHWM after clear_refs)"}
     except OSError:  # no /proc (not Linux): the process's peak, warm-up included
         import resource
         step()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"peak_bytes": peak * (1 if sys.platform == "darwin" else 1024),
-                "before_bytes": None, "what": "resident set (ru_maxrss of the process)"}
+                "before_bytes": None, "step_bytes": None,
+                "what": "resident set (ru_maxrss of the process)"}
 
 
-def memory_in_subprocess(engine, variant, batch, args, notes):
-    command = [sys.executable, str(SCRIPT), "--measure-memory", engine.name, "--variant",
-               variant, "--width", repr(args.width), "--batch", str(batch), "--threads",
-               str(args.threads)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    except subprocess.TimeoutExpired:
-        note(notes, f"memory of {engine.name} at batch {batch}: timed out")
-        return None
-    for line in done.stdout.splitlines()[::-1]:
-        if line.startswith(MEMORY_TAG):
-            result = json.loads(line[len(MEMORY_TAG):])
-            before = result["before_bytes"]
-            result["step_bytes"] = None if before is None else result["peak_bytes"] - before
-            return result
-    why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    note(notes, f"memory of {engine.name} at batch {batch} failed (exit {done.returncode}): "
-         f"{why}")
-    return None
+# ----------------------------------------------------------------------------------------------
+# What each fast path buys
 
+def cpu_fast_paths():
+    """minialex's CPU fast paths, in the order they are registered (fast_paths())."""
+    return [name for name in minialex.fast_paths() if name not in GPU_ONLY_FAST_PATHS]
+
+
+def bench_fast_paths(variant, batch, args):
+    """minialex on the CPU, reference alone and then each CPU fast path switched on in turn
+    (cumulatively), each configuration in a fresh process with MINIALEX_FAST set (so that the
+    "memory" path, made at import, is honoured): images/s and where the step's time goes."""
+    names = cpu_fast_paths()
+    configurations = [("reference", [])]
+    configurations += [(f"+ {name}", names[:index + 1]) for index, name in enumerate(names)]
+    rows, previous, reference = [], None, None
+    time.sleep(args.settle)
+    for label, paths in configurations:
+        print(f"  {label} (MINIALEX_FAST={','.join(paths) or '0'})...", flush=True)
+        run = run_child("mx-cpu", variant, batch, args, repeats=args.fast_repeats,
+                        profile=True, fast=",".join(paths) or "0")
+        if run["fast_paths"] != sorted(paths):
+            raise SystemExit(f"bench_alexnet: asked for fast paths {paths}, the child ran "
+                             f"{run['fast_paths']}")
+        rate = spread([batch / s for s in run["step_s"]])
+        parts = run["profile"]
+        mean_step_ms = sum(parts.values())
+        row = {"label": label, "fast_paths": paths, "step_s": run["step_s"],
+               "images_per_s": rate, "step_ms": 1e3 * float(np.median(run["step_s"])),
+               "parts_ms": parts, "shares": {g: ms / mean_step_ms for g, ms in parts.items()},
+               "malloc_keeps_freed_memory": run["malloc_keeps_freed_memory"],
+               "final_loss": run["final_loss"]}
+        reference = reference or rate["median"]
+        row["speedup_vs_reference"] = rate["median"] / reference
+        row["speedup_vs_previous"] = rate["median"] / previous if previous else None
+        previous = rate["median"]
+        rows.append(row)
+    return {"variant": variant, "batch": batch, "width": args.width,
+            "repeats": args.fast_repeats, "warmup": args.warmup, "rows": rows}
 
 # ----------------------------------------------------------------------------------------------
 # Output
@@ -884,6 +1143,40 @@ def scaling_table(scaling, engines):
     return headers, body
 
 
+def fast_path_parts(fast):
+    """The parts of the step ("conv1", ..., "optimizer", "other") in every row, in order."""
+    parts = []
+    for row in fast["rows"]:
+        parts += [part for part in row["parts_ms"] if part not in parts]
+    return parts
+
+
+def fast_path_table(fast):
+    headers = ["fast paths", "img/s", "step ms", "vs reference", "vs previous"]
+    parts = fast_path_parts(fast)
+    headers += parts
+    body = []
+    for row in fast["rows"]:
+        previous = row["speedup_vs_previous"]
+        cells = [row["label"], f"{row['images_per_s']['median']:.2f}", f"{row['step_ms']:.0f}",
+                 f"{row['speedup_vs_reference']:.2f}x",
+                 "-" if previous is None else f"{previous:.2f}x"]
+        body.append(cells + [f"{100 * row['shares'].get(part, 0.0):.0f}%" for part in parts])
+    return headers, body
+
+
+def fast_path_ms_table(fast):
+    parts = fast_path_parts(fast)
+    body = [[row["label"], milliseconds(sum(row["parts_ms"].values()))]
+            + [milliseconds(row["parts_ms"].get(part, 0.0)) for part in parts]
+            for row in fast["rows"]]
+    return ["fast paths", "step ms (mean)"] + parts, body
+
+
+def milliseconds(value):
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def text_table(headers, body):
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *body)]
     lines = ["  ".join(f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}"
@@ -901,8 +1194,10 @@ def machine_lines(results):
     m = results["machine"]
     lines = [f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used; load average "
              f"{m['load_average_start']} at the start, {m.get('load_average_end')} at the end",
-             f"NumPy {m['numpy']}, BLAS: {m['blas']}, {m['blas_threads'] or '?'} threads, "
-             f"OPENBLAS_THREAD_TIMEOUT={m.get('openblas_thread_timeout') or 'unset'}",
+             f"NumPy {m['numpy']}, BLAS: {m['blas']}, {m['blas_threads'] or '?'} threads"
+             + (f", OPENBLAS_THREAD_TIMEOUT={m['openblas_thread_timeout']} (set in the "
+                "environment)" if m.get("openblas_thread_timeout") else ""),
+             f"minialex fast paths: {fast_path_line(m)}; NumPy imported before minialex",
              f"PyTorch: {m['torch'] or 'not in this run'}" +
              (f", {m['torch_threads']} threads" if m.get("torch") else ""),
              f"GPU: {m['gpu'] or 'none'}", f"Python {m['python']} on {m['platform']}"]
@@ -913,6 +1208,15 @@ def machine_lines(results):
                          f"{limit['start_gflop_per_s']:.1f} at the start, "
                          f"{limit['end_gflop_per_s']:.1f} at the end)")
     return lines
+
+
+def fast_path_line(machine):
+    setting = machine["minialex_fast"]
+    if setting == "all":
+        return "all (" + ", ".join(machine["minialex_fast_paths"]) + ")"
+    if setting == "none":
+        return "none, the reference ops alone (MINIALEX_FAST=0)"
+    return f"{setting} only (MINIALEX_FAST)"
 
 
 def sections(results, engines, table):
@@ -931,7 +1235,17 @@ def sections(results, engines, table):
     if results.get("scaling"):
         scaling = results["scaling"]
         parts.append((f"Scaling, {scaling['variant']}: training images/s and peak memory by "
-                      "batch", table(*scaling_table(scaling, engines))))
+                      "batch (one series)", table(*scaling_table(scaling, engines))))
+    fast = results.get("fast_paths")
+    if fast:
+        parts.append((f"What each fast path buys: minialex CPU, {fast['variant']}, width "
+                      f"{fast['width']}, batch {fast['batch']}; each row a fresh process with "
+                      "MINIALEX_FAST set, the CPU's fast paths switched on one more at a time "
+                      f"(img/s and step ms: medians of {fast['repeats']} steps; then each "
+                      "part's share of the step)", table(*fast_path_table(fast))))
+        parts.append(("Where the step's time goes, ms per step (means of the same steps: "
+                      "forward + backward of each layer, SGD's step, the rest)",
+                      table(*fast_path_ms_table(fast))))
     return parts
 
 
@@ -1040,35 +1354,41 @@ def run_variant(variant, engines, args, notes, scaling):
     if not args.no_layers:
         print(f"timing every layer ({args.warmup} warm-up + {args.repeats} timed rounds)...")
         result["layers"] = bench_layers(engines, models, lambda e: rows[e.batch], size, args)
+    del models, source, state  # the children build their own; free the memory for them
+    release_memory()
 
-    print(f"timing the training step ({args.warmup} warm-up + {args.repeats} timed steps)...")
-    optimizers = {e.name: e.optimizer(models[e.name]) for e in engines}
-    step = bench_training(engines, models, optimizers, lambda e: e.batch, size, args)
+    print(f"timing the training step: {args.series} series of a fresh process per engine, "
+          f"each {args.warmup} warm-up + {args.repeats} timed steps"
+          + ("; memory in the first" if not args.no_memory else "") + "...")
+    step = bench_training(engines, variant, lambda e: e.batch, args, args.series,
+                          memory=not args.no_memory)
     for e in engines:
         if not np.isfinite(step[e.name]["final_loss"]):
             note(notes, f"{variant}: {e.name}'s loss is {step[e.name]['final_loss']}: its "
                  "times include NaN or infinite arithmetic")
-    if not args.no_memory:
-        print("measuring memory (a process per engine)...")
-        for e in engines:
-            step[e.name]["memory"] = memory_in_subprocess(e, variant, e.batch, args, notes)
     result["training_step"] = step
 
     by_batch = {e.name: {} for e in engines}
     for batch in args.scaling_batches if scaling else []:
-        print(f"scaling: batch {batch}...")
+        print(f"scaling: batch {batch} (one series)...")
         fresh = [e for e in engines if e.batch != batch]  # the others were just measured
-        measured = bench_training(fresh, models, optimizers, lambda e: batch, size, args) \
-            if fresh else {}
+        measured = bench_training(fresh, variant, lambda e: batch, args, 1,
+                                  memory=not args.no_memory) if fresh else {}
         for e in engines:
-            row = by_batch[e.name][str(batch)] = measured.get(e.name, step[e.name])
-            if e.name in measured and not args.no_memory:
-                row["memory"] = memory_in_subprocess(e, variant, batch, args, notes)
-    del models, optimizers, source, state
-    gc.collect()
+            by_batch[e.name][str(batch)] = measured.get(e.name, step[e.name])
     scaling_result = {"variant": variant, "batches": args.scaling_batches,
                       "flop_per_image": flop, "engines": by_batch} if scaling else None
     return result, scaling_result
+
+
+def release_memory():
+    """Give back what this process's allocators hold, for the children that run next."""
+    gc.collect()
+    if backend.cupy_available():
+        backend._import_cupy().get_default_memory_pool().free_all_blocks()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def note(notes, text):
@@ -1098,8 +1418,11 @@ def best_limits(start, end):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.measure_memory is not None:
-        return measure_memory(args)
+    if args.child is not None:
+        return child_main(args)
+    if args.reference:  # in case the flag was abbreviated, which the check at import misses
+        os.environ["MINIALEX_FAST"] = "0"
+        minialex.set_fast(False)
     engines, torch, notes = find_engines(args.engine_names)
     for text in notes:
         print("note: " + text)
@@ -1116,13 +1439,16 @@ def main(argv=None):
                             "labels": {e.name: e.label for e in engines},
                             "batch": {e.name: e.batch for e in engines},
                             "repeats": args.repeats, "warmup": args.warmup,
+                            "series": args.series, "reference": args.reference,
+                            "fast_repeats": args.fast_repeats,
                             "settle_s": args.settle, "width": args.width,
                             "threads": args.threads, "num_classes": NUM_CLASSES,
                             "sgd": SGD_SETTINGS, "torch_defaults": TORCH_DEFAULTS},
-               "variants": {}, "scaling": None}
+               "variants": {}, "scaling": None, "fast_paths": None}
     m = results["machine"]
     print(f"CPU: {m['cpu']}; {m['threads']} of {m['cpu_count']} cores used; load average "
-          f"{m['load_average_start']}\nNumPy {m['numpy']}, BLAS: {m['blas']}\nPyTorch: "
+          f"{m['load_average_start']}\nNumPy {m['numpy']}, BLAS: {m['blas']}\n"
+          f"minialex fast paths: {fast_path_line(m)}\nPyTorch: "
           f"{m['torch'] or 'not in this run'}\nGPU: {m['gpu'] or 'none'}")
     print("engines: " + ", ".join(f"{e.label} (batch {e.batch})" for e in engines))
     print("measuring the SGEMM limit...")
@@ -1133,6 +1459,12 @@ def main(argv=None):
         results["variants"][variant], scaling_result = run_variant(variant, engines, args,
                                                                    notes, scaling)
         results["scaling"] = results["scaling"] or scaling_result
+
+    mx_cpu = next((e for e in engines if e.name == "mx-cpu"), None)
+    if mx_cpu is not None and not args.no_fast_table:
+        print(f"\nwhat each fast path buys ({args.variants[0]}, batch {mx_cpu.batch}): a process "
+              f"per configuration, {args.warmup} warm-up + {args.fast_repeats} timed steps...")
+        results["fast_paths"] = bench_fast_paths(args.variants[0], mx_cpu.batch, args)
 
     print("\nmeasuring the SGEMM limit again...")
     results["limits"] = best_limits(start_limits, measure_limits(engines, torch, args))

@@ -15,6 +15,15 @@ divided by 10 when the validation loss stops improving; random crops, flips and 
 atomically, so a kill at any moment leaves the previous one whole), metrics.json, curves.png
 and conv1_filters.png.
 
+--reference trains on minialex's reference ops alone (mx.set_fast(False) before anything is
+built): the plain NumPy/CuPy code of minialex/functions and optim.SGD, without the fast paths
+that stand in for them. It computes the same thing in another order of float32 sums, and
+slower (benchmarks/bench_alexnet.py's table "What each fast path buys" says by how much): its
+weights agree with a default run's to about 1e-7 of their size after a short run, and drift
+apart only slowly in a long one. The one process-wide fast path, "memory" (a malloc setting
+that changes no number), was made when minialex was imported and stays; run with
+MINIALEX_FAST=0 in the environment to leave it out too.
+
 A run is a pure function of its seed on the CPU: the data order and every augmentation are
 drawn from (seed, epoch, image), and the dropout generator's state is saved with each epoch's
 checkpoint, so a run killed and resumed ends with the same weights as one never interrupted.
@@ -27,13 +36,13 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 # so that it also runs from a checkout that was not installed with pip install -e .
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import minialex as mx  # noqa: E402  (before NumPy: minialex/__init__.py says why)
+import minialex as mx  # noqa: E402
 import minialex.functional as F  # noqa: E402
 from minialex import data, optim  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -69,6 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=2, help="threads preparing batches")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", action="store_true",
+                   help="the reference ops alone, without fast paths (see above)")
     p.add_argument("--out", default="runs/alexnet", help="folder for checkpoint and results")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -354,7 +365,9 @@ def run(args):
     config = config_of(args, train.classes, model.num_parameters())
     print(f"AlexNet variant={args.variant} width={args.width} "
           f"parameters={model.num_parameters():,} classes={len(train.classes)} "
-          f"device={args.device}")
+          f"device={args.device} fast paths: "
+          + (", ".join(name for name in mx.fast_paths() if name in mx.enabled_paths())
+             or "none (the reference ops)"))
     print(f"data: {'bundled shapes' if args.data is None else args.data}: {len(train)} "
           f"training and {len(val)} validation images")
     if len(train) < args.batch_size:  # the loader drops a last, smaller batch
@@ -430,6 +443,8 @@ def write_results(out, history, config, model, initial_conv1):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.reference:  # before any op runs: every op asks dispatch which code to run
+        mx.set_fast(False)
     started = time.perf_counter()
     try:
         history = run(args)

@@ -198,6 +198,31 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished_run):
 
 
 # ----------------------------------------------------------------------------------------------
+# --reference: the reference ops alone
+
+def test_reference_ops_train_to_the_same_weights_as_the_fast_paths(tmp_path):
+    """The fast paths (Winograd, threaded products, ...) compute what the reference ops do, in
+    another order of float32 additions: after an epoch the weights and velocities agree to
+    about 1e-7 of their largest value, far inside the tolerance."""
+    fast = train(tmp_path / "fast", "--epochs", 1)
+    reference = train(tmp_path / "reference", "--epochs", 1, "--reference")
+    assert "fast paths: none (the reference ops)" in reference.stdout
+    assert "fast paths: none" not in fast.stdout
+    a, b = load(tmp_path / "fast" / "checkpoint.npz"), load(tmp_path / "reference" /
+                                                            "checkpoint.npz")
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        np.testing.assert_allclose(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"weights {name}")
+    for key in a["optimizer"]["velocity"]:
+        np.testing.assert_allclose(a["optimizer"]["velocity"][key],
+                                   b["optimizer"]["velocity"][key], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"velocity {key}")
+    assert a["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"],
+                                                          rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input: one line, exit status 2, and nothing on disk changed
 
 @pytest.mark.parametrize("args, phrases", [

@@ -92,12 +92,12 @@ def _max_along(slices):
         np.maximum(maximum, s, out=maximum)
     first = np.zeros(maximum.shape, dtype=np.min_scalar_type(len(slices) - 1))
     max_seen = np.zeros(maximum.shape, dtype=bool)
-    # A NaN equals nothing, not even the NaN maximum: then the first NaN is the max, as in the
-    # reference (checked once, so that finite inputs pay one pass for it)
-    with_nan = bool(np.isnan(maximum).any())
     for s in slices[:-1]:
-        max_seen |= (s == maximum) | np.isnan(s) if with_nan else s == maximum
+        max_seen |= s == maximum
         first += ~max_seen
+    if np.isnan(maximum).any():  # a NaN equals nothing: the last NaN, as in the reference
+        for index, s in enumerate(slices):
+            first[np.isnan(s)] = index
     return maximum, first
 
 

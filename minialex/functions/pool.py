@@ -108,16 +108,16 @@ class MaxPool2d(Function):
         x_padded, OH, OW = self._padded(x, -np.inf)  # padding is never the max
         self.input_shape = x.shape
         # One pass per window offset (di, dj): the pixel every window sees there is one
-        # strided slice. A later offset wins only if strictly greater (or NaN, which must
-        # show), so ties go to the first max in row-major order, as in PyTorch.
+        # strided slice. A later offset wins only if strictly greater, so ties go to the first
+        # max in row-major order, as in PyTorch; a NaN always wins, so that it shows.
         y = xp.full((x.shape[0], x.shape[1], OH, OW), -np.inf, dtype=x.dtype)
         self.argmax = xp.zeros(y.shape, dtype=np.min_scalar_type(KH * KW - 1))
         for di in range(KH):
             for dj in range(KW):
                 seen = x_padded[self._seen_at(di, dj, OH, OW)]
-                better = (seen > y) | (xp.isnan(seen) & ~xp.isnan(y))
-                y[better] = seen[better]
-                self.argmax[better] = di * KW + dj
+                better = (seen > y) | (seen != seen)  # seen != seen: a NaN, which must show
+                xp.copyto(y, seen, where=better)
+                xp.copyto(self.argmax, di * KW + dj, where=better)
         # argmax (N, C, OH, OW): the offset di KW + dj of each window's max; all backward needs
         return y
 
