@@ -41,8 +41,8 @@ def matmul(a, b):
 
 
 class Conv2dOnKernels(Conv2d):
-    im2col, col2im, matmul = staticmethod(cuda.im2col), staticmethod(cuda.col2im), staticmethod(
-        matmul)
+    im2col, col2im = staticmethod(cuda.im2col), staticmethod(cuda.col2im)
+    matmul = staticmethod(matmul)
 
 
 class LinearOnKernels(Linear):

@@ -280,6 +280,8 @@ class Function:
 
     Non-differentiable arguments (stride, labels, ...) go to __init__. `self.needs_grad[i]`
     says whether input i requires a gradient, so backward can skip work nobody asked for.
+    A fast path (dispatch.py) may stand in for a Function: then the stand-in, which computes
+    the same thing, runs forward and is the output's `creator`.
     """
 
     def __call__(self, *inputs):

@@ -6,11 +6,11 @@ inside it, so pieces of one pass on two threads use both cores. OpenBLAS splits 
 over its own threads, which spin for about 0.1 s after every product before they sleep: on
 2 cores that spinning took a core from the next pass (240 instead of 170 ms of a seed step).
 OPENBLAS_THREAD_TIMEOUT stops the spinning, but only when set before NumPy loads OpenBLAS, so it
-depended on import order: 34.5 img/s with NumPy imported first, 46.7 with minialex first (seed,
-batch 32, 2 cores, medians of 8 steps, three alternating pairs of processes). Every product a
-fast path does goes through `matmul` below instead: cut in one piece per core, each run with
-BLAS held to one thread (threadpoolctl, at run time), so OpenBLAS's own threads never get work
-and never spin, whatever the import order: 50.7 and 51.3 img/s.
+depended on import order: 34.0-34.6 img/s with NumPy imported first, 46.4-49.0 with minialex
+first (seed, batch 32, 2 cores, medians of 8 steps, three alternating pairs of processes). Every
+product a fast path does goes through `matmul` below instead: cut in one piece per core, each
+run with BLAS held to one thread (threadpoolctl, at run time), so OpenBLAS's own threads never
+get work and never spin, whatever the import order: 49.9-50.0 and 49.9-51.0 img/s.
 
 The sizes that decide how work is split are module constants, so that the tests can shrink
 them and check that every piece is done once (tests/test_fast_paths.py).
