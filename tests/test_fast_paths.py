@@ -150,7 +150,10 @@ def test_winograd_in_blocks_of_images_and_of_channels(N, C, F, groups, H, W, r, 
     images = [min(2, N - n) for n in range(0, N, 2)]
     channel_pieces = [-(-C // (2 * 2 // n)) for n in images]
     assert len(images) >= 3 and images[-1] == 1 and max(channel_pieces) >= 2
-    assert [k for name, k in pieces if name == "_gather_tiles"] == channel_pieces
+    assert [k for name, k in pieces if name == "_pad_and_gather"] == channel_pieces
+    per_filter = m * TH * m * TW * 8  # the outputs of one filter, per image
+    filter_pieces = [-(-F // max(1, 2 * 2 * per_channel // (per_filter * n))) for n in images]
+    assert [k for name, k in pieces if name == "_place_outputs"] == filter_pieces
     assert [k for name, k in pieces if name == "_add_tiles"] == channel_pieces
     assert all(k == 3 for name, k in pieces if name == "<lambda>")  # products on 3 threads
 
@@ -171,9 +174,11 @@ def test_winograd_at_alexnets_layers(layer, pieces):
         lambda: stand_in(Conv2d((1, 1), (padding, padding), groups), arrays, "winograd",
                          WinogradConv2d), arrays)
     assert_agree(got, expected, 1e-4, layer)  # float32 rounding of the transforms: ~1e-5
-    # the default CHANNEL_BLOCK_BYTES cuts the gather of these layers in 2 ragged pieces
-    gathers = [k for name, k in pieces if name == "_gather_tiles"]
-    assert gathers and min(gathers) >= 2
+    # the default CHANNEL_BLOCK_BYTES cuts the gather of these layers in pieces, and the outputs
+    # of all but conv5 (256 filters of 8 images' 15 x 15 tiles fit in one piece)
+    gathers = [k for name, k in pieces if name == "_pad_and_gather"]
+    outputs = [k for name, k in pieces if name == "_place_outputs"]
+    assert gathers and min(gathers) >= 2 and outputs and min(outputs) >= (layer != "conv5") + 1
 
 
 # ---- gemm: im2col by phases, products on threads ---------------------------------------------

@@ -131,38 +131,46 @@ class WinogradConv2d(Function):
         y = xp.empty((N, F, OH, OW), dtype=x.dtype)
         self.V = [None] * len(self.blocks)  # per block (a^2, G, CG, P): for backward
         for index, block in enumerate(self.blocks):
-            y_block, self.V[index] = self._forward_images(x[block], U, r)
-            # the bias is added in the pass that copies the block into place
-            xp.add(y_block, 0 if b is None else b.reshape(F, 1, 1), out=y[block])
+            self.V[index] = self._forward_images(x[block], U, r, b, y[block])
         return y
 
-    def _forward_images(self, x, U, r):
-        """y (N, F, OH, OW) of a block of N images, and their transformed tiles V."""
+    def _forward_images(self, x, U, r, b, y):
+        """y (N, F, OH, OW) of a block of N images, written into y; returns their transformed
+        tiles V."""
         xp = get_array_module(x)
         N, C, H, W = x.shape
         a2, G, FG, CG = U.shape
         F, m, a, (TH, TW) = G * FG, self.m, self.m + r - 1, self.tiles_shape
         AT, _, BT = self._transforms(r, x.dtype)
         P = TH * TW * N  # tiles in the block, ordered (t, u, n)
-        # The input (C, rows, columns, N), zero-padded past the last tile. With the batch last,
-        # the copies move runs of N values, not of the 3 tiles in a row of a 13 x 13 map, which
-        # are slow to copy (conv4 forward and backward: 28 ms of copies instead of 39)
-        x_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=x.dtype)
-        x_padded[:, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 2, 3, 0)
+        # The input is padded as (C, rows, columns, N), zero past the last tile. With the batch
+        # last, the copies move runs of N values, not of the 3 tiles in a row of a 13 x 13 map,
+        # which are slow to copy (conv4 forward and backward: 28 ms of copies instead of 39).
         # Tile (t, u) is x_padded[:, t m : t m + a, u m : u m + a]; element (i, j) of every tile
-        # is one strided slice, gathered a few channels at a time (near the cache) on threads
+        # is one strided slice. Padding and gathering go a few channels at a time (near the
+        # cache), on threads.
         tiles = xp.empty((a, a, C, TH, TW, N), dtype=x.dtype)
-        step = _channels_in_cache(x_padded)
-        threads.run_in_threads(_gather_tiles, [
-            (x_padded[c:c + step], tiles[:, :, c:c + step], m) for c in range(0, C, step)])
+        padded_shape = (TH * m + r - 1, TW * m + r - 1, N)
+        step = _channels_in_cache(padded_shape, x.dtype)
+        threads.run_in_threads(self._pad_and_gather, [
+            (x[:, c:c + step], tiles[:, :, c:c + step], padded_shape) for c in range(0, C, step)])
         V = _both_sides(BT, tiles.reshape(a, a, C * P)).reshape(a2, G, CG, P)
-        M = threads.matmul(U, V)                        # (a^2, G, FG, P)
+        M = threads.matmul(U, V)                                    # (a^2, G, FG, P)
         Y = _both_sides(AT, M.reshape(a, a, F * P))                 # (m, m, F P)
         Y = Y.reshape(m, m, F, TH, TW, N)
-        y = xp.empty((N, F, TH * m, TW * m), dtype=x.dtype)  # y[n, f, t m + i, u m + j] is
-        y.reshape(N, F, TH, m, TW, m)[...] = Y.transpose(5, 2, 3, 0, 4, 1)  # Y[i, j, f, t, u, n]
-        OH, OW = H + 2 * self.PH - r + 1, W + 2 * self.PW - r + 1
-        return y[:, :, :OH, :OW], V
+        # Back to (N, F, OH, OW), the bias added in the same pass, a few filters at a time
+        step = _channels_in_cache((m * TH, m * TW, N), x.dtype)
+        threads.run_in_threads(_place_outputs, [
+            (Y[:, :, f:f + step], None if b is None else b[f:f + step], y[:, f:f + step])
+            for f in range(0, F, step)])
+        return V
+
+    def _pad_and_gather(self, x, tiles, padded_shape):
+        """tiles (a, a, C, TH, TW, N) of the images x (N, C, H, W) of a few channels."""
+        N, C, H, W = x.shape
+        x_padded = np.zeros((C, *padded_shape), dtype=x.dtype)
+        x_padded[:, self.PH:self.PH + H, self.PW:self.PW + W] = x.transpose(1, 2, 3, 0)
+        _gather_tiles(x_padded, tiles, self.m)
 
     def backward(self, gy):
         xp = get_array_module(gy)
@@ -207,7 +215,7 @@ class WinogradConv2d(Function):
         # The tiles overlap by r - 1: each input pixel collects from every tile it is in
         H, W = self.x_shape[2:]
         grad_padded = xp.zeros((C, TH * m + r - 1, TW * m + r - 1, N), dtype=gy.dtype)
-        step = _channels_in_cache(grad_padded)  # as in forward, and no two threads add to one
+        step = _channels_in_cache(grad_padded.shape[1:], gy.dtype)  # no two threads add to one
         threads.run_in_threads(_add_tiles, [(grad_padded[c:c + step],
                                              grad_tiles[:, :, c:c + step], m)
                                             for c in range(0, C, step)])
@@ -220,9 +228,18 @@ class WinogradConv2d(Function):
 CHANNEL_BLOCK_BYTES = 2 << 20
 
 
-def _channels_in_cache(x_padded):
-    """How many channels of x_padded (C, rows, columns, N) take about CHANNEL_BLOCK_BYTES."""
-    return max(1, CHANNEL_BLOCK_BYTES // x_padded[0].nbytes)
+def _channels_in_cache(shape, dtype):
+    """How many channels of arrays (C, *shape) take about CHANNEL_BLOCK_BYTES."""
+    return max(1, CHANNEL_BLOCK_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
+
+
+def _place_outputs(Y, b, y):
+    """y[n, f, t m + i, u m + j] = Y[i, j, f, t, u, n] + b[f], cut to y's (OH, OW)."""
+    m, _, F, TH, TW, N = Y.shape
+    OH, OW = y.shape[2:]
+    whole = np.empty((N, F, TH * m, TW * m), dtype=Y.dtype)
+    whole.reshape(N, F, TH, m, TW, m)[...] = Y.transpose(5, 2, 3, 0, 4, 1)
+    np.add(whole[:, :, :OH, :OW], 0 if b is None else b.reshape(F, 1, 1), out=y)
 
 
 def _gather_tiles(x_padded, tiles, m):
