@@ -5,9 +5,9 @@ Stands in for the reference Conv2d (functions/conv.py) where Winograd does not a
 conv1, stride 4), and for Linear (functions/linear.py, fc6 to fc8): the same algorithm, with
 the class's `im2col`, `col2im` and `matmul` swapped. What it buys (benchmarks/bench_alexnet.py,
 `seed` at batch 32 on 2 cores, switched on after winograd, pool, elementwise and sgd): the step
-went from 925 to 789 ms, 1.12x; conv1 itself only from 108 to 99 ms. Most of the gain is in the
-passes on our threads (the optimizer 46 -> 28 ms, conv5 148 -> 103), which no longer lose a core
-to BLAS's threads spinning after conv1's and the fully connected layers' products.
+went from 919 to 817 ms, 1.12x, though conv1 itself stayed at 116 ms. The gain is in the passes
+on our threads (the optimizer 52 -> 40 ms, conv2's Winograd 205 -> 160), which no longer lose a
+core to BLAS's threads spinning after conv1's and the fully connected layers' products.
 
 im2col by phases. With stride S > 1 a window offset i reads every S-th row, a slow strided
 gather. So the padded input is first split by phase: row h = S a + r goes to phase r, row a.

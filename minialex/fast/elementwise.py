@@ -6,8 +6,8 @@ core. Cut into 4 MB pieces, the passes of a piece stay in cache and the cores sh
 (functions/activation.py) and SGD.apply (optim.py). The SGD update of AlexNet's 62 million
 parameters took 91 ms on 2 cores as whole passes, 40 ms in pieces. In a training step
 (benchmarks/bench_alexnet.py, `seed` at batch 32 on 2 cores, README "What each fast path buys"):
-sgd took the optimizer from 113 to 46 ms and the step from 1,041 to 891 ms, 1.17x; ReLU's pieces
-are within the noise of one run there (relu 23.4 -> 22.6 ms, the step 1.03x).
+sgd took the optimizer from 127 to 52 ms and the step from 1,047 to 919 ms, 1.14x; ReLU's pieces
+are within the noise of one run there (relu 23.4 -> 20.8 ms, the step 1.01x).
 """
 import numpy as np
 

@@ -6,7 +6,7 @@ afresh from the kernel and unmaps it when NumPy frees it, so every step faults i
 new pages: 0.28 s of system time in a 1.5 s step on 2 cores (18k page faults per step; 84 once
 the blocks are kept). Kept in the heap, the next step reuses them. The peak resident memory is
 the same; what changes is that it is not returned between steps. Switched on last in the
-README's table "What each fast path buys" (`seed`, batch 32, 2 cores): 789 -> 721 ms, 1.11x.
+README's table "What each fast path buys" (`seed`, batch 32, 2 cores): 817 -> 734 ms, 1.11x.
 
 It is made when minialex is imported, unless the fast path "memory" is off (MINIALEX_FAST=0,
 or a list without it) or MINIALEX_MALLOC=system. It cannot be taken back later in the process:

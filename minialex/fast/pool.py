@@ -13,8 +13,8 @@ Stands in for the reference MaxPool2d (functions/pool.py), which makes KH KW pas
   (about 40 -> 8 ms at pool1, batch 32).
 
 What the whole path buys (benchmarks/bench_alexnet.py, `seed` at batch 32 on 2 cores, switched
-on after winograd): the three max-pools took 411 ms of the training step in the reference and
-50 ms here; the step went from 1,433 to 1,072 ms, 1.34x (README, "What each fast path buys").
+on after winograd): the three max-pools took 408 ms of the training step in the reference and
+55 ms here; the step went from 1,517 to 1,061 ms, 1.43x (README, "What each fast path buys").
 """
 import numpy as np
 

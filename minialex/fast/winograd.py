@@ -33,9 +33,9 @@ float64 gradient check holds to 1e-10 like the direct path's.
 The fast path "winograd" (dispatch.py) stands in for Conv2d on the CPU for stride-1 square
 kernels with a tile in WINOGRAD_TILES (AlexNet's conv2 to conv5); im2col stays the reference, and
 the path for everything else. What it buys (benchmarks/bench_alexnet.py, `seed` at batch 32 on
-2 cores, the reference alone against the reference with this path): conv2 to conv5 took 1,379 ms
-of the training step (forward and backward) by im2col and 718 ms by Winograd; the step went from
-2,037 to 1,433 ms, 1.42x. The README's table "What each fast path buys" has the whole run.
+2 cores, the reference alone against the reference with this path): conv2 to conv5 took 1,495 ms
+of the training step (forward and backward) by im2col and 678 ms by Winograd; the step went from
+2,056 to 1,517 ms, 1.36x. The README's table "What each fast path buys" has the whole run.
 """
 import functools
 
