@@ -9,12 +9,18 @@ mean (or, with --ten-crop, the ten crops of §4.1, their softmax outputs average
 image it prints the `--top` most probable classes:
 
     photo.jpg: star 0.912, cross 0.041, heart 0.020, arrow 0.011, ring 0.006
+
+A bad checkpoint is one line `error: ...` and exit status 2. An image that cannot be read (a
+missing file, not an image, one too large to decode safely) is one line `error: ...` of its
+own; the other images are still classified, and the exit status is then 2.
 """
 import argparse
+import numbers
 import pathlib
 import sys
 
 import numpy as np
+from PIL import Image
 
 # so that it also runs from a checkout that was not installed with pip install -e .
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -23,6 +29,7 @@ import minialex.functional as F  # noqa: E402
 from minialex import data  # noqa: E402
 
 CHECKPOINT_KEYS = ("model", "config", "mean")
+MAX_WIDTH = 4.0  # as train_alexnet.py: the widest network it trains
 
 
 class PredictError(Exception):
@@ -54,10 +61,20 @@ def load_model(path, device):
         raise PredictError(f"{path} is a minialex file but not a checkpoint of "
                            "train_alexnet.py (no model, config and mean in it); give the "
                            "checkpoint.npz from its --out folder")
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise PredictError(f"{path} holds a bad checkpoint: {problem}; give the checkpoint.npz "
+                           "that train_alexnet.py wrote in its --out folder")
     config = checkpoint["config"]
-    model = mx.models.alexnet(config["variant"], num_classes=config["num_classes"],
-                              width=config["width"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model = mx.models.alexnet(config["variant"], num_classes=config["num_classes"],
+                                  width=config["width"])
+        model.load_state_dict(checkpoint["model"])
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise PredictError(f"{path} holds a bad checkpoint: its weights do not fit its config "
+                           f"({type(error).__name__}: {message}); give the checkpoint.npz "
+                           "that train_alexnet.py wrote in its --out folder") from error
     if device == "cuda":
         if not mx.backend.cupy_available():
             raise PredictError("--device cuda: no usable GPU here (CuPy is not installed, or "
@@ -65,6 +82,33 @@ def load_model(path, device):
         model.to(device)
     model.eval()
     return model, config["classes"], checkpoint["mean"]
+
+
+def checkpoint_problem(checkpoint):
+    """What is wrong with the parts of a checkpoint that predict.py reads, or None; checked
+    before a model is built from them (a crafted width could ask for any amount of memory)."""
+    config = checkpoint["config"]
+    if not isinstance(config, dict):
+        return f"its config is a {type(config).__name__}, not a dict"
+    if config.get("variant") not in mx.models.VARIANTS:
+        return (f"config variant {config.get('variant')!r} is none of "
+                f"{', '.join(mx.models.VARIANTS)}")
+    width = config.get("width")
+    if not isinstance(width, numbers.Real) or isinstance(width, bool) \
+            or not 0 < width <= MAX_WIDTH:  # also False for NaN
+        return f"config width {width!r} is not a number in (0, {MAX_WIDTH:g}]"
+    classes, num_classes = config.get("classes"), config.get("num_classes")
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
+            or num_classes < 1 or not isinstance(classes, list) \
+            or len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
+        return (f"config num_classes {num_classes!r} and classes do not match (a list of "
+                "that many names)")
+    if not isinstance(checkpoint["model"], dict):
+        return "its model is not a dict of weights"
+    mean = checkpoint["mean"]
+    if not isinstance(mean, np.ndarray) or mean.shape != (3,) or not np.isfinite(mean).all():
+        return "its mean is not 3 finite numbers"
+    return None
 
 
 def class_probabilities(model, image, transform, ten_crop, device):
@@ -93,6 +137,15 @@ def main(argv=None):
         except OSError as error:                # a missing file, or one Pillow cannot decode
             reason = error.strerror or "not an image Pillow can read"
             print(f"error: {path}: {reason}; give a JPEG or PNG image file", file=sys.stderr)
+            status = 2
+            continue
+        except Exception as error:  # noqa: BLE001 - Pillow raises many kinds on a bad file:
+            # DecompressionBombError for a huge image, ValueError, SyntaxError, ...
+            reason = " ".join(str(error).split())[:200].rstrip(".") or type(error).__name__
+            hint = "give a JPEG or PNG image file"
+            if isinstance(error, Image.DecompressionBombError):
+                reason, hint = f"too large to decode safely ({reason})", "give a smaller image"
+            print(f"error: {path}: {reason}; {hint}", file=sys.stderr)
             status = 2
             continue
         probabilities = class_probabilities(model, image, transform, args.ten_crop, args.device)

@@ -27,14 +27,32 @@ MINIALEX_FAST=0 in the environment to leave it out too.
 A run is a pure function of its seed on the CPU: the data order and every augmentation are
 drawn from (seed, epoch, image), and the dropout generator's state is saved with each epoch's
 checkpoint, so a run killed and resumed ends with the same weights as one never interrupted.
+
+Every problem the user can fix ends the run with one line `error: ...` and exit status 2. Most
+are found before the first step: a flag that is not finite or out of range, an --out that
+cannot be written or that another live run holds, a model or bundled data set larger than the
+available memory, a --data folder that cannot be listed, a checkpoint that cannot be read or
+holds the wrong contents. Once training, a loss, weight or velocity that becomes NaN or
+infinite stops the run before it saves anything, and the checkpoint of the last good epoch is
+left as it was. While a run uses --out it holds --out/.lock (an flock, with its PID in the
+file): a second run on the same --out is refused, naming that PID, and the lock of a run that
+was killed is taken over.
 """
 import argparse
 import json
 import math
+import numbers
 import os
 import pathlib
+import socket
 import sys
 import time
+import warnings
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs there are not locked
+    fcntl = None
 
 import numpy as np
 
@@ -45,21 +63,37 @@ import minialex.functional as F  # noqa: E402
 from minialex import data, optim  # noqa: E402
 
 CHECKPOINT = "checkpoint.npz"
+LOCK = ".lock"
+MAX_WIDTH = 4.0         # 16 times the real AlexNet's parameters; memory decides below that
+IMAGE_BYTES = 256 * 256 * 3  # a cached bundled image, uint8
 
 
 class TrainingError(Exception):
     """A problem the user can fix; main() prints it as one line and exits with status 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # no "(default: None)"
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every other error of this script
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--variant", default="paper", choices=mx.models.VARIANTS)
     p.add_argument("--width", type=float, default=0.125,
-                   help="channel multiplier: 1 is the real AlexNet, 0.125 fits a CPU")
+                   help=f"channel multiplier, in (0, {MAX_WIDTH:g}]: 1 is the real AlexNet, "
+                   "0.125 fits a CPU")
     p.add_argument("--epochs", type=int, default=10, help="epochs of the whole run")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (0.01 for a new run). With --resume: without --lr the "
+                   "checkpoint's rate (as the schedule left it); with --lr, the given rate from "
+                   "the first resumed epoch on, and a line says so")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--init", default="kaiming", choices=mx.models.INITS,
@@ -80,12 +114,23 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", action="store_true",
                    help="the reference ops alone, without fast paths (see above)")
-    p.add_argument("--out", default="runs/alexnet", help="folder for checkpoint and results")
+    p.add_argument("--out", default="runs/alexnet",
+                   help="folder for checkpoint and results; one run at a time (a lock file)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.width <= 0:
+    for flag in ("width", "lr", "momentum", "weight_decay", "dropout"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number; got {value}")
+    if args.epochs < 1 or args.batch_size < 1 or (args.lr is not None and args.lr <= 0) \
+            or args.width <= 0:
         p.error("--epochs, --batch-size, --lr and --width must be positive")
+    if args.width > MAX_WIDTH:
+        parameters = parameter_count(args.variant, args.width, 1000)[0]
+        p.error(f"--width {args.width:g} is more than {MAX_WIDTH:g}: about {parameters:,} "
+                f"parameters x 12 bytes (weights, gradients, velocities) = "
+                f"{size_text(parameters * 12)} (1 is the real AlexNet, 61 million parameters)")
     if args.seed < 0:
         p.error("--seed must be >= 0")
     if not 0 <= args.dropout < 1:
@@ -113,6 +158,152 @@ def make_datasets(args):
         return data.ImageFolder(args.data, "train"), data.ImageFolder(args.data, "val")
     except (ValueError, FileNotFoundError) as error:
         raise TrainingError(str(error)) from error
+    except OSError as error:  # a symbolic link loop, a folder it may not read, ...
+        where = f"{error.filename}: " if error.filename else ""
+        raise TrainingError(f"--data {args.data}: {where}{error.strerror or error}; fix or "
+                            "remove it (a class folder must be a readable folder of images)"
+                            ) from error
+
+
+# ----------------------------------------------------------------------------------------------
+# What the run needs before it starts: memory, and an --out folder of its own
+
+def parameter_count(variant, width, num_classes):
+    """(parameters, those of the largest layer) of alexnet(variant, num_classes, width),
+    counted from the layer sizes without building it."""
+    from minialex.models.alexnet import _scaled
+    torchvision = variant == "torchvision"
+    c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (
+        (64, 192, 384, 256, 256) if torchvision else (96, 256, 384, 384, 256)))
+    hidden = _scaled(4096, width)
+    groups = 2 if variant == "paper" else 1
+    layers = [(3 * 11 * 11 + 1) * c1, (c1 // groups * 25 + 1) * c2, (c2 * 9 + 1) * c3,
+              (c3 // groups * 9 + 1) * c4, (c4 // groups * 9 + 1) * c5,
+              (c5 * 36 + 1) * hidden, (hidden + 1) * hidden, (hidden + 1) * num_classes]
+    return sum(layers), max(layers)
+
+
+def available_memory():
+    """Bytes of memory available now (MemAvailable), else the physical memory; None if
+    neither can be read."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def size_text(size):
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def check_memory(args, num_classes, cached_images):
+    """Refuse, in one line, a model or a data cache that cannot fit in memory, before it is
+    built (it would otherwise end in a MemoryError, or the machine swapping)."""
+    parameters, largest = parameter_count(args.variant, args.width, num_classes)
+    # float32 weights, gradients and velocities, and the float64 draw of the largest layer
+    model_bytes = parameters * 12 + largest * 8
+    image_bytes = cached_images * IMAGE_BYTES
+    available = available_memory()
+    if available is not None and model_bytes + image_bytes > available:
+        raise TrainingError(
+            f"this run needs about {size_text(model_bytes + image_bytes)} of memory, more than "
+            f"the {size_text(available)} available: --width {args.width:g} has {parameters:,} "
+            f"parameters x 12 bytes (weights, gradients, velocities) = "
+            f"{size_text(model_bytes)}, and {cached_images:,} bundled images x "
+            f"{IMAGE_BYTES:,} bytes = {size_text(image_bytes)}; "
+            "use a smaller --width or --per-class")
+
+
+def prepare_out(out):
+    """Create --out if need be and check that a file can be written in it, before anything is
+    trained. Returns whether the folder was created (to remove it again if the run fails)."""
+    created = not os.path.lexists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, b"minialex")
+        finally:
+            os.close(descriptor)
+        os.remove(probe)
+    except OSError as error:
+        release_out(out, None, created)
+        raise TrainingError(f"--out {out}: cannot write there ({error.strerror or error}); "
+                            "choose another --out") from error
+    return created
+
+
+def lock_out(out):
+    """Hold --out/.lock (an flock, which the kernel drops when the process ends, however it
+    ends) with this run's PID in it. Returns its open descriptor, or None without fcntl.
+    A second run on the same --out gets a TrainingError naming the first one's PID."""
+    if fcntl is None:
+        return None
+    path = os.path.join(out, LOCK)
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise TrainingError(f"--out {out}: cannot create the lock file {path} "
+                                f"({error.strerror or error}); choose another --out") from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_owner(descriptor)
+            os.close(descriptor)
+            raise TrainingError(f"--out {out} is in use by another run ({holder}, which holds "
+                                f"{path}); wait for it to end, or choose another --out")
+        except OSError as error:  # a file system without locks (some network ones)
+            os.close(descriptor)
+            os.remove(path)
+            print(f"warning: {path}: cannot lock ({error.strerror or error}); running without "
+                  "the lock, so make sure that no other run uses this --out", file=sys.stderr)
+            return None
+        try:  # the run before may have removed the file between our open and our lock
+            if os.path.samestat(os.fstat(descriptor), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    stale = lock_owner(descriptor)
+    if stale != "PID unknown":
+        print(f"{path}: the lock of a run that ended without releasing it ({stale}, no longer "
+              "running); taken over")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()} {socket.gethostname()} "
+              f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+    return descriptor
+
+
+def lock_owner(descriptor):
+    fields = os.pread(descriptor, 200, 0).decode(errors="replace").split()
+    if not fields or not fields[0].isdigit():
+        return "PID unknown"
+    return f"PID {fields[0]}" + (f" on {fields[1]}" if len(fields) > 1 else "")
+
+
+def release_out(out, descriptor, created):
+    """Remove the lock file (while still holding it) and, if this run created --out and left
+    nothing in it, the folder."""
+    if descriptor is not None:
+        try:
+            os.remove(os.path.join(out, LOCK))
+        except OSError:
+            pass
+        os.close(descriptor)
+    if created:
+        try:
+            os.rmdir(out)  # only if empty
+        except OSError:
+            pass
 
 
 def data_statistics(train, lighting):
@@ -178,7 +369,63 @@ def load_checkpoint(path):
         raise TrainingError(f"{path} is not a checkpoint of this script (it needs the keys "
                             f"{', '.join(CHECKPOINT_KEYS)}); move it away, or choose another "
                             "--out, to start a new run")
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise TrainingError(f"{path} holds a bad checkpoint: {problem}; move it away, or choose "
+                            "another --out, to start a new run")
     return checkpoint
+
+
+def is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def checkpoint_problem(checkpoint):
+    """What is wrong with the contents of a checkpoint that unzipped fine, or None: what a
+    resumed run reads from it, checked before anything is built from it."""
+    config = checkpoint["config"]
+    if not isinstance(config, dict):
+        return f"its config is a {type(config).__name__}, not a dict"
+    if config.get("variant") not in mx.models.VARIANTS:
+        return (f"config variant {config.get('variant')!r} is none of "
+                f"{', '.join(mx.models.VARIANTS)}")
+    width = config.get("width")
+    if not is_number(width) or not 0 < width <= MAX_WIDTH:
+        return f"config width {width!r} is not a number in (0, {MAX_WIDTH:g}]"
+    classes, num_classes = config.get("classes"), config.get("num_classes")
+    if not is_int(num_classes) or num_classes < 1 or not isinstance(classes, list) \
+            or len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
+        return (f"config num_classes {num_classes!r} and classes do not match (a list of "
+                "that many names)")
+    epoch = checkpoint["epoch"]
+    if not is_int(epoch) or epoch < 0:
+        return f"epoch {epoch!r} is not a whole number >= 0"
+    if not isinstance(checkpoint["model"], dict):
+        return "its model is not a dict of weights"
+    optimizer = checkpoint["optimizer"]
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("velocity"), dict):
+        return "it holds no optimizer velocities"
+    for key in ("lr", "momentum", "weight_decay"):
+        if not is_number(optimizer.get(key)) or optimizer[key] < 0:
+            return f"optimizer {key} {optimizer.get(key)!r} is not a finite number >= 0"
+    schedule = checkpoint["schedule"]
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("best"), numbers.Real) \
+            or not is_int(schedule.get("bad_epochs")):
+        return "its schedule state is not {best, bad_epochs}"
+    if not isinstance(checkpoint["random_state"], dict):
+        return "its random state is not a dict"
+    history = checkpoint["history"]
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        return "its history is not a list of records"
+    mean = checkpoint["mean"]
+    if not isinstance(mean, np.ndarray) or mean.shape != (3,) or not np.isfinite(mean).all():
+        return "its mean is not 3 finite numbers"
+    return None
 
 
 # What a resumed run must share with its checkpoint, and the flag that sets it: these decide the
@@ -226,15 +473,16 @@ def train_one_epoch(model, optimizer, loader, epoch, args):
     total_loss = correct = seen = 0
     start = time.perf_counter()
     bar = progress(loader, len(loader), f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
-    for x, labels in bar:
+    for step, (x, labels) in enumerate(bar, 1):
         x = mx.tensor(x, device=args.device)
         logits = model(x)
         loss = F.cross_entropy(logits, labels)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingError(
-                f"the loss became {value} in epoch {epoch + 1}; stopped, and the last good "
-                f"checkpoint is left as it was. Try a smaller --lr (now {optimizer.lr})")
+                f"the loss became {value} in epoch {epoch + 1}, step {step}; stopped, and the "
+                f"last good checkpoint is left as it was. Try a smaller --lr (now "
+                f"{optimizer.lr:g})")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -250,6 +498,28 @@ def train_one_epoch(model, optimizer, loader, epoch, args):
                             "above name them); replace them with JPEG or PNG files")
     return {"train_loss": total_loss / seen, "train_top1": correct / seen,
             "train_images_per_s": seen / (time.perf_counter() - start)}
+
+
+def is_finite(array):
+    """Whether every element of a float array is finite: one float64 sum (NaN and infinity
+    carry through it, and float32 values cannot overflow it), and the element-wise check only
+    to tell an overflow of huge finite float64 values from a real NaN or infinity."""
+    xp = mx.backend.get_array_module(array)
+    if bool(xp.isfinite(array.sum(dtype=xp.float64))):
+        return True
+    return bool(xp.isfinite(array).all())
+
+
+def non_finite_state(model, optimizer):
+    """The first parameter or velocity holding a NaN or an infinity, as words, or None."""
+    names = [name for name, _ in model.named_parameters()]
+    for name, parameter in zip(names, optimizer.params):
+        if not is_finite(parameter.data):
+            return f"parameter {name}"
+    for index, velocity in enumerate(optimizer.velocity):
+        if velocity is not None and not is_finite(velocity):
+            return f"the velocity of parameter {names[index]}"
+    return None
 
 
 def evaluate(model, loader, args):
@@ -345,6 +615,19 @@ def run(args):
         raise TrainingError("--device cuda: no usable GPU here (CuPy is not installed, or there "
                             "is no CUDA device). On a machine with an NVIDIA GPU: "
                             "pip install -e '.[gpu]'; else use --device cpu")
+    created = prepare_out(args.out)
+    try:
+        lock = lock_out(args.out)
+    except BaseException:
+        release_out(args.out, None, created)
+        raise
+    try:
+        return train_run(args)
+    finally:
+        release_out(args.out, lock, created)
+
+
+def train_run(args):
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
     checkpoint = None
     if args.resume:
@@ -358,6 +641,7 @@ def run(args):
 
     mx.random.manual_seed(args.seed)
     train, val = make_datasets(args)
+    check_memory(args, len(train.classes), len(train) + len(val) if args.data is None else 0)
     model = mx.models.alexnet(args.variant, num_classes=len(train.classes), width=args.width,
                               init=args.init, dropout=args.dropout)
     # the same seed draws the same initial weights on a resumed run, for conv1_filters.png
@@ -375,16 +659,13 @@ def run(args):
                             "training images, so an epoch would have no batch; use a smaller "
                             "--batch-size")
 
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                          weight_decay=args.weight_decay)
+    optimizer = optim.SGD(model.parameters(), lr=0.01 if args.lr is None else args.lr,
+                          momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = optim.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.patience)
     history, first_epoch = [], 0
     if checkpoint is not None:
         check_compatible(checkpoint, config, checkpoint_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        mx.random.set_state(checkpoint["random_state"])
+        restore(checkpoint, checkpoint_path, model, optimizer, schedule)
         history, first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
         lighting = checkpoint.get("lighting")
         stats = (checkpoint["mean"], *((lighting["eigenvalues"], lighting["eigenvectors"])
@@ -393,16 +674,15 @@ def run(args):
         if first_epoch >= args.epochs:
             raise TrainingError(f"--resume: the checkpoint has finished {first_epoch} epochs "
                                 f"already; ask for more with --epochs {first_epoch + 1} or more")
+        if args.lr is not None and args.lr != optimizer.lr:
+            print(f"--lr {args.lr:g}: the learning rate is now {args.lr:g} (the checkpoint's "
+                  f"was {optimizer.lr:g}); the schedule goes on from it")
+            optimizer.lr = args.lr
     else:
         stats = data_statistics(train, lighting=not args.no_lighting)
     model.to(args.device)
     optimizer.load_state_dict(optimizer.state_dict())  # velocities onto the model's device
 
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        raise TrainingError(f"--out {args.out}: cannot create the folder ({error.strerror}); "
-                            "choose another --out") from error
     train_loader, val_loader = make_loaders(args, train, val, stats, model.input_size)
     for epoch in range(first_epoch, args.epochs):
         started = time.perf_counter()
@@ -416,6 +696,16 @@ def run(args):
               f"val loss {record['val_loss']:.3f} top-1 {record['val_top1']:.3f} "
               f"top-5 {record['val_top5']:.3f}  ({record['seconds']:.0f} s, "
               f"{record['train_images_per_s']:.0f} img/s)", flush=True)
+        # never save a model that has diverged: the last good checkpoint stays as it is
+        bad = non_finite_state(model, optimizer)
+        if bad is None and not math.isfinite(record["val_loss"]):
+            bad = "the validation loss"
+        if bad is not None:
+            kept = (f"{checkpoint_path} (epoch {epoch}) is left as it was"
+                    if os.path.exists(checkpoint_path) else "nothing was saved")
+            raise TrainingError(f"{bad} is NaN or infinite at the end of epoch {epoch + 1} "
+                                f"(step {len(train_loader)}); stopped, and {kept}. Try a "
+                                f"smaller --lr (now {record['lr']:g})")
         schedule.step(record["val_loss"])
         save_checkpoint(checkpoint_path, model, optimizer, schedule, epoch, config, stats,
                         history)
@@ -424,6 +714,30 @@ def run(args):
     if skipped:
         print(f"skipped {skipped} unreadable image file(s); the warnings above name them")
     return history
+
+
+def restore(checkpoint, path, model, optimizer, schedule):
+    """Load a checkpoint's state into the model, optimizer, schedule and random generator; a
+    part that does not fit them is a TrainingError (one line)."""
+    velocity = checkpoint["optimizer"]["velocity"]
+    if checkpoint["optimizer"]["momentum"] and len(velocity) != len(optimizer.params):
+        raise TrainingError(f"{path} holds a bad checkpoint: velocities for {len(velocity)} of "
+                            f"the {len(optimizer.params)} parameters; move it away, or choose "
+                            "another --out, to start a new run")
+    for part, load in (("weights", lambda: model.load_state_dict(checkpoint["model"])),
+                       ("optimizer state", lambda: optimizer.load_state_dict(
+                           checkpoint["optimizer"])),
+                       ("schedule state", lambda: schedule.load_state_dict(
+                           checkpoint["schedule"])),
+                       ("random state", lambda: mx.random.set_state(
+                           checkpoint["random_state"]))):
+        try:
+            load()
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            message = " ".join(str(error).split())[:300]
+            raise TrainingError(f"{path} holds a bad checkpoint: cannot load its {part} "
+                                f"({type(error).__name__}: {message}); move it away, or "
+                                "choose another --out, to start a new run") from error
 
 
 def write_results(out, history, config, model, initial_conv1):
@@ -443,6 +757,10 @@ def write_results(out, history, config, model, initial_conv1):
 
 def main(argv=None):
     args = parse_args(argv)
+    # NumPy's warnings about an overflow or a NaN in some op: the loss and every weight are
+    # checked here, and a non-finite one stops the run with one line that says where
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message="(overflow|invalid value|divide by zero) encountered")
     if args.reference:  # before any op runs: every op asks dispatch which code to run
         mx.set_fast(False)
     started = time.perf_counter()

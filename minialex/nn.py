@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from . import backend, functional as F, random
+from .functions.conv import _pair as conv_pair
 from .tensor import DEFAULT_DTYPE, Tensor, no_grad, tensor
 
 
@@ -124,7 +125,9 @@ class Module:
 
         Every problem is found before anything is copied, and all of them are listed in one
         error: a half-loaded model is worse than none. With strict=False, missing and
-        unexpected names are allowed and returned; a shape mismatch is always an error.
+        unexpected names are allowed and returned; a shape mismatch is always an error, and so
+        is a value that is not a real floating-point or integer array (a list, None, strings,
+        bools, complex numbers, whose imaginary part a copy would drop).
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"load_state_dict: expected a dict of arrays, got "
@@ -132,14 +135,25 @@ class Module:
         own = dict(self.named_parameters())
         missing = [name for name in own if name not in state_dict]
         unexpected = [name for name in state_dict if name not in own]
-        mismatched = []
+        mismatched, wrong_type, arrays = [], [], {}
         for name, parameter in own.items():
-            if name in state_dict:
-                shape = tuple(getattr(state_dict[name], "shape", ()))
-                if shape != tuple(parameter.shape):
-                    mismatched.append(f"{name}: file has {shape}, model has "
-                                      f"{tuple(parameter.shape)}")
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            value = value.data if isinstance(value, Tensor) else value
+            if not isinstance(value, backend.get_array_module(value).ndarray):
+                wrong_type.append(f"{name}: a {type(value).__name__}, not an array")
+            elif value.dtype.kind not in "fiu":
+                wrong_type.append(f"{name}: dtype {value.dtype}, not real floating point or "
+                                  "integer")
+            elif tuple(value.shape) != tuple(parameter.shape):
+                mismatched.append(f"{name}: file has {tuple(value.shape)}, model has "
+                                  f"{tuple(parameter.shape)}")
+            else:
+                arrays[name] = value
         problems = []
+        if wrong_type:
+            problems.append("values that are not weights: " + "; ".join(wrong_type))
         if mismatched:
             problems.append("shapes that do not match: " + "; ".join(mismatched))
         if strict and missing:
@@ -149,12 +163,11 @@ class Module:
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__} failed, nothing was "
                              "loaded; " + " | ".join(problems))
-        for name, parameter in own.items():
-            if name in state_dict:
-                value = state_dict[name]
-                value = value.data if isinstance(value, Tensor) else value
-                value = backend.to_device(value, parameter.device)
-                parameter.data = value.astype(parameter.dtype, copy=True)
+        # every copy is made before any is put in place: nothing changes if one fails
+        arrays = {name: backend.to_device(value, own[name].device).astype(own[name].dtype)
+                  for name, value in arrays.items()}
+        for name, value in arrays.items():
+            own[name].data = value
         return missing, unexpected
 
     # -- display ---------------------------------------------------------------------------
@@ -196,7 +209,7 @@ class Conv2d(Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels {in_channels} and out_channels "
                              f"{out_channels} must both be divisible by groups={groups}")
-        KH, KW = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        KH, KW = conv_pair(kernel_size, "kernel_size")  # an int or a pair; not a bool
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (KH, KW), stride, padding, \
             groups

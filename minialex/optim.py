@@ -15,6 +15,9 @@ They are the same update: substitute v = -lr u. With a constant lr they give ide
 step for step (a test checks this). They differ only when lr changes: the paper's velocity keeps
 the old lr inside it for a while, PyTorch's applies the new lr at once.
 """
+import math
+import numbers
+
 from . import backend, dispatch
 from .tensor import Tensor
 
@@ -27,9 +30,7 @@ class SGD:
         for index, p in enumerate(self.params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"SGD: parameter {index} is a {type(p).__name__}, not a Tensor")
-        if lr <= 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: needs lr > 0, momentum >= 0, weight_decay >= 0; got lr={lr}, "
-                             f"momentum={momentum}, weight_decay={weight_decay}")
+        _check_hyperparameters("SGD", lr, momentum, weight_decay)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [None] * len(self.params)  # u for each parameter, made on first use
 
@@ -75,6 +76,8 @@ class SGD:
                 "velocity": {str(i): u for i, u in enumerate(self.velocity) if u is not None}}
 
     def load_state_dict(self, state):
+        _check_hyperparameters("SGD.load_state_dict", state["lr"], state["momentum"],
+                               state["weight_decay"])
         velocity = state["velocity"]
         for key, u in velocity.items():
             index = int(key)
@@ -88,6 +91,18 @@ class SGD:
         for key, u in velocity.items():
             p = self.params[int(key)]
             self.velocity[int(key)] = backend.to_device(u, p.device).astype(p.dtype, copy=True)
+
+
+def _check_hyperparameters(where, lr, momentum, weight_decay):
+    """Finite numbers, not bools: one NaN would make every weight NaN at the first step."""
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{where}: {name} must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {name} must be finite; got {name}={value!r}")
+    if lr <= 0 or momentum < 0 or weight_decay < 0:
+        raise ValueError(f"{where}: needs lr > 0, momentum >= 0, weight_decay >= 0; got "
+                         f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
 
 
 class ReduceLROnPlateau:

@@ -63,6 +63,9 @@ class Tensor:
         if not isinstance(data, xp.ndarray):
             raise TypeError(f"Tensor wraps an ndarray; got {type(data).__name__} "
                             "(use minialex.tensor(...) to build one from lists or scalars)")
+        if data.dtype.kind not in "biuf":
+            raise TypeError(f"a Tensor holds real numbers (bool, integer or floating point); "
+                            f"got dtype {data.dtype}")
         if requires_grad and not xp.issubdtype(data.dtype, xp.floating):
             raise TypeError(f"only floating-point tensors can require gradients; "
                             f"got dtype {data.dtype}")
@@ -265,8 +268,12 @@ def as_tensor_like(value, reference):
     """A constant Tensor for a Python number or array, with the dtype and device of reference."""
     if isinstance(value, Tensor):
         return value
-    xp = backend.get_array_module(reference.data)
-    return Tensor(xp.asarray(value, dtype=reference.dtype))
+    value = backend.get_array_module(reference.data).asarray(value)
+    if value.dtype.kind not in "biuf":  # astype would drop an imaginary part with a warning
+        raise TypeError(f"expected a real number or array; got dtype {value.dtype}")
+    # a float with an integer tensor becomes float32, not truncated to an integer
+    floats = value.dtype.kind == "f" and reference.dtype.kind != "f"
+    return Tensor(value.astype(DEFAULT_DTYPE if floats else reference.dtype))
 
 
 # --------------------------------------------------------------------------------------------

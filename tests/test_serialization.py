@@ -1,10 +1,16 @@
 """Tests for minialex.serialization: save/load round trips, the file format, atomic saving, and
 loading files that are missing, truncated, foreign, from the future, or malicious."""
+import bz2
+import io
 import json
 import math
 import os
 import pathlib
+import struct
+import subprocess
+import sys
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -14,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minialex import random as mx_random
+from minialex import serialization
 from minialex.serialization import load, save
 from minialex.tensor import tensor
 
@@ -514,3 +521,292 @@ def test_load_refuses_a_pickled_payload_without_running_it(tmp_path, where):
                                          r"array; .* refused without unpickling"):
         load(path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening: what save never writes, load refuses with a ValueError before it allocates.
+# Before these checks such files gave tracebacks (MemoryError, RuntimeError,
+# NotImplementedError), took memory without bound, or loaded dtypes that save never writes.
+
+def npy_bytes(array=None, header=None, data=b""):
+    """A .npy file: that of `array`, or a hand-made header dict followed by `data`."""
+    stream = io.BytesIO()
+    if array is not None:
+        np.lib.format.write_array(stream, array, allow_pickle=False)
+    else:
+        np.lib.format.write_array_header_1_0(stream, header)
+        stream.write(data)
+    return stream.getvalue()
+
+
+def raw_zip(members):
+    """A zip archive built byte by byte, so that its directory can say anything: `members` is a
+    list of dicts with name, data (the bytes as stored), and optionally file_size and crc (of
+    the uncompressed bytes; default: those of `data`), stored_size (default: len(data)),
+    method (0: stored) and flags."""
+    local_part, directory = b"", b""
+    for member in members:
+        name, data = member["name"].encode(), member["data"]
+        fields = (20, member.get("flags", 0), member.get("method", 0), 0, 0,
+                  member.get("crc", zlib.crc32(data)), member.get("stored_size", len(data)),
+                  member.get("file_size", len(data)), len(name), 0)
+        offset = len(local_part)
+        local_part += struct.pack("<4s5HL2L2H", b"PK\x03\x04", *fields) + name + data
+        directory += (struct.pack("<4s6HL2L5H2L", b"PK\x01\x02", 20, *fields, 0, 0, 0, 0,
+                                  offset) + name)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                      len(directory), len(local_part), 0)
+    return local_part + directory + end
+
+
+def index_bytes(tree):
+    return header(tree).encode()
+
+
+def checkpoint_with(array_member, tree=None):
+    """A minialex file whose only array member is `array_member` (a raw_zip member dict)."""
+    return raw_zip([dict(array_member, name="a0.npy"),
+                    {"name": HEADER, "data": index_bytes(tree or {"array": "a0"})}])
+
+
+def deflated(data):
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as zip stores it
+    return compressor.compress(data) + compressor.flush()
+
+
+def json_bomb(inflated_bytes):
+    """A deflated index of `inflated_bytes` spaces (a valid JSON prefix) in about 1/1000 of the
+    size: the same flushed deflate block, repeated (a full flush makes each block stand alone)."""
+    block_size = 2**20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(b" " * block_size) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(inflated_bytes // block_size):
+        crc = zlib.crc32(b" " * block_size, crc)
+    stream = block * (inflated_bytes // block_size) + compressor.flush()
+    return raw_zip([{"name": "a0.npy", "data": npy_bytes(np.zeros(2))},
+                    {"name": HEADER, "data": stream, "method": zipfile.ZIP_DEFLATED,
+                     "file_size": inflated_bytes, "crc": crc}])
+
+
+def load_bytes(tmp_path, data, name="crafted.npz"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return load(path)
+
+
+def test_raw_zip_writes_a_file_that_load_reads(tmp_path):
+    """The helper itself: a well-formed file built by hand loads."""
+    data = checkpoint_with({"data": npy_bytes(np.arange(3.0))}, {"dict": {"w": {"array": "a0"}}})
+    assert_same({"w": np.arange(3.0)}, load_bytes(tmp_path, data))
+
+
+TEN_TO_THE_12 = 10**12
+CRAFTED = {
+    # the JSON index inflates to 1 GiB: it was inflated in full (4.8 GB of memory for 2 GB)
+    "index-zip-bomb": (lambda: json_bomb(2**30),
+                       r"member '__minialex__\.json' takes 1073741824 bytes, over the 4194304"),
+    # a stored index over MAX_INDEX_BYTES: refused before it is read
+    "index-too-large": (lambda: raw_zip([{"name": HEADER, "data": b" " * (4 * 2**20 + 1)}]),
+                        r"'__minialex__\.json' takes 4194305 bytes, over the 4194304"),
+    # a .npy header of 10**12 float64 and 100 bytes of data: was a MemoryError traceback
+    "npy-declares-1e12-elements": (
+        lambda: checkpoint_with({"data": npy_bytes(header={
+            "descr": "<f8", "fortran_order": False, "shape": (TEN_TO_THE_12,)}, data=b"\0" * 100)}),
+        r"member 'a0' declares shape \(1000000000000,\) of float64 \(8000000000000 bytes\) but "
+        r"holds 100 bytes of data"),
+    # the same, the zip directory agreeing with the header (size 4 GB) but not its stored size
+    "directory-size-differs-from-stored-size": (
+        lambda: checkpoint_with({"data": npy_bytes(header={
+            "descr": "<f8", "fortran_order": False, "shape": (500_000_000,)}, data=b"\0" * 100),
+            "file_size": 4_000_000_128}),
+        r"member 'a0' is stored, yet its size 4000000128 differs from its stored size 228"),
+    # a directory whose sizes agree with each other and the header, not with the file (4 GB)
+    "member-larger-than-the-file": (
+        lambda: checkpoint_with({"data": npy_bytes(header={
+            "descr": "<f8", "fortran_order": False, "shape": (500_000_000,)}, data=b"\0" * 100),
+            "file_size": 4_000_000_128, "stored_size": 4_000_000_128}),
+        r"member 'a0' takes the bytes read so far past the file's \d+ \(members"),
+    # one array named 60 times by the tree: each time a new copy, so far more than the file
+    "array-named-many-times": (
+        lambda: checkpoint_with({"data": npy_bytes(np.zeros(1000))},
+                                {"list": [{"array": "a0"}] * 60}),
+        r"member 'a0' takes the bytes read so far past the file's \d+ \(members overlap or "
+        r"are read twice\); the file is corrupt"),
+    # compression methods save never writes: were NotImplementedError (or inflated unbounded)
+    "array-bzip2": (lambda: checkpoint_with({"data": bz2.compress(npy_bytes(np.zeros(2))),
+                                             "method": zipfile.ZIP_BZIP2,
+                                             "file_size": len(npy_bytes(np.zeros(2))),
+                                             "crc": zlib.crc32(npy_bytes(np.zeros(2)))}),
+                    r"member 'a0' is compressed \(zip method 12\); minialex\.save stores members"),
+    "array-lzma": (lambda: checkpoint_with({"data": b"\0" * 20, "method": zipfile.ZIP_LZMA}),
+                   r"member 'a0' is compressed \(zip method 14\)"),
+    "array-deflated": (lambda: checkpoint_with({"data": deflated(npy_bytes(np.zeros(2))),
+                                                "method": zipfile.ZIP_DEFLATED,
+                                                "file_size": len(npy_bytes(np.zeros(2))),
+                                                "crc": zlib.crc32(npy_bytes(np.zeros(2)))}),
+                       r"member 'a0' is compressed \(zip method 8\)"),
+    "compression-method-unknown-to-zipfile": (
+        lambda: checkpoint_with({"data": b"\0" * 20, "method": 99}), r"\(zip method 99\)"),
+    # the encryption flag: was RuntimeError "password required"
+    "encrypted-flag": (lambda: checkpoint_with({"data": npy_bytes(np.zeros(2)), "flags": 0x1}),
+                       r"member 'a0' is encrypted"),
+    "strong-encryption-flag": (
+        lambda: checkpoint_with({"data": npy_bytes(np.zeros(2)), "flags": 0x41}),
+        r"member 'a0' is encrypted"),
+    "encrypted-index": (lambda: raw_zip([{"name": HEADER, "data": index_bytes(None),
+                                          "flags": 0x1}]),
+                        r"member '__minialex__\.json' is encrypted"),
+    "npy-version-3": (lambda: checkpoint_with({"data": npy_bytes(np.zeros(2)).replace(
+        b"NUMPY\x01\x00", b"NUMPY\x03\x00", 1)}), r"'a0' is not a valid \.npy array \("),
+    "npy-negative-shape": (lambda: checkpoint_with({"data": npy_bytes(header={
+        "descr": "<f8", "fortran_order": False, "shape": (-1, -8)}, data=b"\0" * 64)}),
+        r"member 'a0' has shape \(-1, -8\)"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_load_refuses_a_crafted_file_with_a_clear_error(tmp_path, case):
+    make, message = CRAFTED[case]
+    with pytest.raises(ValueError, match=r"load: .*crafted\.npz.*" + message):
+        load_bytes(tmp_path, make())
+
+
+FORBIDDEN_DTYPES = ["<U3", "|S3", "<M8[D]", "<m8[s]", "|V4", [("a", "<f4"), ("b", "<i4")],
+                    ("<f4", (2,))] + (
+    ["<f16", "<c32"] if np.dtype(np.longdouble).itemsize > 8 else [])  # longdouble (x86)
+
+
+@pytest.mark.parametrize("dtype", FORBIDDEN_DTYPES, ids=str)
+def test_load_refuses_each_dtype_that_save_never_writes(tmp_path, dtype):
+    array_header = {"descr": dtype, "fortran_order": False, "shape": (2,)}
+    itemsize = np.dtype(dtype).itemsize
+    data = checkpoint_with({"data": npy_bytes(header=array_header, data=b"\0" * 2 * itemsize)})
+    with pytest.raises(ValueError, match=r"crafted\.npz: member 'a0' holds dtype .*, which "
+                                         r"minialex\.save never writes \(it writes bool, int8"):
+        load_bytes(tmp_path, data)
+    # and save refuses the same dtypes, so that what save writes is what load reads
+    array = np.zeros(2, dtype=dtype)
+    if array.dtype != np.dtype(dtype):  # a subarray dtype makes a plain array of more axes
+        return
+    with pytest.raises(TypeError, match=r"cannot save array of dtype .* supported: bool, int8"):
+        save({"w": array}, tmp_path / "refused.npz")
+
+
+@pytest.mark.parametrize("dtype", ["|b1", "<i1", "|u1", ">i2", "<u4", "<i8", ">u8", "<f2",
+                                   ">f4", "<f8", "<c8", ">c16"])
+def test_load_accepts_each_dtype_that_save_writes(tmp_path, dtype):
+    array = np.arange(6).astype(dtype).reshape(2, 3)
+    for order in "CF":
+        data = checkpoint_with({"data": npy_bytes(np.asarray(array, order=order))})
+        loaded = load_bytes(tmp_path, data)
+        assert_same(array, loaded)
+        assert loaded.flags.writeable and loaded.flags[order + "_CONTIGUOUS"]
+
+
+def test_a_member_is_never_read_past_its_declared_size():
+    """zipfile itself stops a stored member at its declared size; the reader checks anyway, in
+    case a member stream ever gives more (here a plain stream of 10 bytes, 8 declared)."""
+    reader = serialization._MemberReader(archive=None, path="crafted.npz", file_bytes=100)
+    buffer = bytearray(8)
+    with pytest.raises(ValueError, match=r"load: crafted\.npz: member 'a0' holds more bytes "
+                                         r"than its zip directory entry declares"):
+        reader.read_into(io.BytesIO(bytes(range(10))), memoryview(buffer), "a0")
+    assert buffer == bytes(range(8))
+    reader.read_into(io.BytesIO(bytes(range(8))), memoryview(buffer), "a0")  # exactly: fine
+
+
+def test_index_over_the_limit_is_refused_by_save_too(tmp_path):
+    many_floats = [0.123456789] * 400_000  # 5 MB of JSON
+    with pytest.raises(ValueError, match=r"save: the index of this object .* takes \d+ bytes, "
+                                         r"over the 4194304 that load accepts; store long lists"):
+        save({"losses": many_floats}, tmp_path / "checkpoint")
+    assert files_in(tmp_path) == []
+    assert_same({"losses": np.array(many_floats)},
+                round_trip({"losses": np.array(many_floats)}, tmp_path))
+
+
+def nested_lists(depth):
+    obj = leaf = []
+    for _ in range(depth - 1):
+        leaf.append([])
+        leaf = leaf[0]
+    return obj
+
+
+@pytest.mark.parametrize("depth", [101, 600, 5000])
+def test_save_refuses_a_tree_deeper_than_the_limit(tmp_path, depth):
+    """600 deep was a RecursionError."""
+    with pytest.raises(ValueError, match=r"save: the object nests more than 100 dicts and lists "
+                                         r"inside one another, at '0/0/0/"):
+        save(nested_lists(depth), tmp_path / "checkpoint")
+    assert files_in(tmp_path) == []
+
+
+def test_a_tree_at_the_depth_limit_round_trips(tmp_path):
+    obj = nested_lists(100)
+    obj[0][0].append({"w": np.ones(2)})
+    obj[0][0][1]["inner"] = nested_lists(96)  # lists at depths 5 to 100
+    assert_same(obj, round_trip(obj, tmp_path))
+
+
+@pytest.mark.parametrize("depth", [101, 600, 5000])
+def test_load_refuses_a_tree_deeper_than_the_limit(tmp_path, depth):
+    tree = "null"  # the JSON text, built by hand: json.dumps would need as deep a recursion
+    for level in range(depth):
+        tree = f'{{"list": [{tree}]}}' if level % 2 else f'{{"dict": {{"k": {tree}}}}}'
+    path = tmp_path / "deep.npz"
+    write_zip(path, {HEADER: f'{{"format": "minialex", "version": 1, "tree": {tree}}}'})
+    with pytest.raises(ValueError, match=r"deep\.npz is corrupt: (more than 100 dicts and lists "
+                                         r"inside one another|__minialex__.json is not valid)"):
+        load(path)
+
+
+PEAK_MEMORY_SCRIPT = r"""
+import json, resource, sys, tracemalloc
+sys.path.insert(0, sys.argv[1])
+from minialex.serialization import load
+# A safety net: a regression fails here with a MemoryError instead of swapping the machine
+with open("/proc/self/status") as status:
+    virtual_kb = int(next(line for line in status if line.startswith("VmSize")).split()[1])
+limit = virtual_kb * 1024 + 2**30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+results = {}
+for path in sys.argv[2:]:
+    tracemalloc.start()
+    try:
+        load(path)
+        outcome = "loaded"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    results[path] = (outcome, tracemalloc.get_traced_memory()[1])
+    tracemalloc.stop()
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_crafted_2mb_files_take_little_memory(tmp_path):
+    """Peak memory of load (tracemalloc sees Python's and NumPy's allocations), in a fresh
+    process whose address space is capped at 1 GiB over what it has after import."""
+    crafted = {"index-zip-bomb.npz": json_bomb(2**31),  # 2 GiB of index in a 2 MB file
+               "index-of-many-small-objects.npz": raw_zip([{"name": HEADER, "data": (
+                   b'{"format": "minialex", "version": 1, "tree": {"list": ['
+                   + b",".join([b'{"list": []}'] * 170_000) + b"]}}")}]),
+               "npy-declares-1e12-elements.npz": CRAFTED["npy-declares-1e12-elements"][0](),
+               "member-larger-than-the-file.npz": CRAFTED["member-larger-than-the-file"][0]()}
+    paths = []
+    for name, data in crafted.items():
+        assert len(data) < 2.5e6
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(root), *paths],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    for path, (outcome, peak_bytes) in results.items():
+        print(f"{os.path.basename(path)}: peak {peak_bytes / 1e6:.1f} MB, {outcome[:150]}")
+        expected = "loaded" if "many-small" in path else "ValueError: load: "
+        assert outcome.startswith(expected), (path, outcome)
+        assert peak_bytes < 100e6, (path, peak_bytes)

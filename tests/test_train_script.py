@@ -186,7 +186,11 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_bits(reference, tmp
     survivor = load(out / "checkpoint.npz")          # whole, whenever the kill came
     assert survivor["epoch"] < EPOCHS - 1, f"killed after the last epoch ({delay:.2f} s)"
     assert survivor["model"].keys() == load(reference / "checkpoint.npz")["model"].keys()
-    train(out, "--epochs", EPOCHS, "--resume")
+    # the killed run's lock is left in --out, naming it; the resumed run takes it over
+    assert (out / ".lock").read_text().split()[0] == str(process.pid)
+    resumed = train(out, "--epochs", EPOCHS, "--resume")
+    assert f"PID {process.pid} on" in resumed.stdout and "taken over" in resumed.stdout
+    assert not (out / ".lock").exists()
     assert_same_training_state(load(out / "checkpoint.npz"), load(reference / "checkpoint.npz"))
 
 

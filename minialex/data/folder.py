@@ -53,12 +53,29 @@ def load_image(path, image_size=256):
         # A JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing; `draft` picks the
         # smallest of those that keeps both sides >= image_size: big photos decode much faster.
         image.draft("RGB", (image_size, image_size))
-        image = image.convert("RGB")                    # decodes the file; errors surface here
+        image = _to_rgb(image)                          # decodes the file; errors surface here
     width, height = image.size
     scale = image_size / min(width, height)
     new_size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
     image = image.resize(new_size, Image.Resampling.BILINEAR)
     return np.ascontiguousarray(CenterCrop(image_size)(np.asarray(image)))
+
+
+def _to_rgb(image):
+    """8-bit RGB. Pillow's convert("RGB") clips 16-bit grayscale (modes I;16, I;16B, I;16L;
+    I from older Pillows) and float (F) images at 255, nearly all white; those are scaled to
+    8 bits instead: v * 255 / 65535 (1.0 for F with values in [0, 1], 255 up to 255). Pillow
+    itself reduces 16-bit RGB(A) PNGs to 8-bit RGB(A) correctly."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    top = values.max(initial=0)
+    if image.mode == "F":
+        full = 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0
+    else:  # I;16*: 16 bits; I (32-bit): 16 bits too, unless its values go beyond
+        full = 65535.0 if top <= 65535 else float(2 ** 31 - 1)
+    pixels = np.rint(np.clip(values, 0, full) * (255 / full)).astype(np.uint8)
+    return Image.fromarray(pixels).convert("RGB")
 
 
 class ImageFolder:

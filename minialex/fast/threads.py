@@ -73,7 +73,7 @@ def matmul(a, b):
     longer side, M or N. Without threadpoolctl this is plain a @ b.
     """
     libraries = _blas_libraries()
-    if THREADS < 2 or not libraries or not isinstance(a, np.ndarray):
+    if THREADS < 2 or not libraries or not isinstance(a, np.ndarray) or not a.size * b.size:
         return a @ b
     stack = a.shape[:-2]
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])

@@ -20,10 +20,16 @@ def sum_to(gz, shape):
 
 
 def _pair(x, y):
-    """Two tensors from a tensor and a number (or array), the number taking x's dtype."""
-    if isinstance(x, Tensor):
-        return x, as_tensor_like(y, x)
-    return as_tensor_like(x, y), y
+    """Two tensors of one dtype, from tensors and numbers, as PyTorch promotes them: a number
+    takes the tensor's dtype (float32 if it is a float and the tensor is not), and an integer
+    or bool tensor takes the dtype of a floating-point one (int64 + float32 -> float32)."""
+    x = x if isinstance(x, Tensor) else as_tensor_like(x, y)
+    y = y if isinstance(y, Tensor) else as_tensor_like(y, x)
+    if x.dtype.kind == "f" and y.dtype.kind != "f":
+        y = Tensor(y.data.astype(x.dtype))  # a constant: integer tensors have no gradient
+    elif y.dtype.kind == "f" and x.dtype.kind != "f":
+        x = Tensor(x.data.astype(y.dtype))
+    return x, y
 
 
 class Add(Function):
@@ -79,7 +85,10 @@ class Div(Function):
 
 
 def div(x, y):
-    return Div()(*_pair(x, y))
+    x, y = _pair(x, y)
+    if x.dtype.kind != "f":  # integers divide to float32, as in PyTorch (NumPy: float64)
+        x, y = x.float(), y.float()
+    return Div()(x, y)
 
 
 class Neg(Function):

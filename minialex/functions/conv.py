@@ -32,6 +32,8 @@ it where they apply (minialex/dispatch.py): Winograd's transform for stride-1 3x
 and im2col split by phases with the products on a thread per core (minialex/fast/), and our CUDA
 kernels on the GPU (minialex/gpu.py).
 """
+import numpy as np
+
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -134,11 +136,16 @@ class Conv2d(Function):
         return grad_x, grad_w, grad_b
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _pair(value, name):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"conv2d: {name} must be an int or a pair of ints; got {value!r}")
-    return pair
+    """(int, int) from an int or a pair of ints (not bools: stride=True is no stride)."""
+    pair = (value, value) if _is_int(value) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(_is_int, pair)):
+        raise TypeError(f"conv2d: {name} must be an int or a pair of ints; got {value!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
@@ -155,7 +162,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     if min(stride) < 1 or min(padding) < 0:
         raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0; got stride {stride}, "
                          f"padding {padding}")
-    if not isinstance(groups, int) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int; got {groups!r}")
     N, C, H, W = x.shape
     F, CG, KH, KW = weight.shape
@@ -173,5 +180,5 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     if bias is not None and tuple(bias.shape) != (F,):
         raise ValueError(f"conv2d: bias must have shape ({F},), one per filter; got "
                          f"{tuple(bias.shape)}")
-    function = Conv2d(stride, padding, groups)
+    function = Conv2d(stride, padding, int(groups))
     return function(x, weight) if bias is None else function(x, weight, bias)
