@@ -19,10 +19,17 @@ and conv1_filters.png.
 built): the plain NumPy/CuPy code of minialex/functions and optim.SGD, without the fast paths
 that stand in for them. It computes the same thing in another order of float32 sums, and
 slower (benchmarks/bench_alexnet.py's table "What each fast path buys" says by how much): its
-weights agree with a default run's to about 1e-7 of their size after a short run, and drift
-apart only slowly in a long one. The one process-wide fast path, "memory" (a malloc setting
+weights agree with a default run's to about 1e-7 of their size after one tiny epoch, but the
+rounding differences grow as training goes on (about 3e-3 of the weights' norm after 9 steps
+of the default run). The one process-wide fast path, "memory" (a malloc setting
 that changes no number), was made when minialex was imported and stays; run with
 MINIALEX_FAST=0 in the environment to leave it out too.
+
+--distributed trains on the processes that mpiexec starts (pip install -e '.[distributed]',
+then mpiexec -n 2 python -m mpi4py examples/train_alexnet.py --distributed): --batch-size is
+each process's, and the global batch N times that, the same images as one process with the
+global batch would take. Rank 0 alone prints, holds the lock on --out and writes in it; a rank
+that fails ends the whole job. README.md, "Several processes (MPI)", says more.
 
 A run is a pure function of its seed on the CPU: the data order and every augmentation are
 drawn from (seed, epoch, image), and the dropout generator's state is saved with each epoch's
@@ -61,6 +68,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import minialex as mx  # noqa: E402
 import minialex.functional as F  # noqa: E402
 from minialex import data, optim  # noqa: E402
+from minialex import distributed as dist  # noqa: E402  (imports mpi4py only in dist.init())
 
 CHECKPOINT = "checkpoint.npz"
 LOCK = ".lock"
@@ -118,6 +126,9 @@ def parse_args(argv=None):
                    help="folder for checkpoint and results; one run at a time (a lock file)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel on the processes of mpiexec -n N python -m mpi4py ...: "
+                   "--batch-size is each process's, the global batch N times that")
     args = p.parse_args(argv)
     for flag in ("width", "lr", "momentum", "weight_decay", "dropout"):
         value = getattr(args, flag)
@@ -322,10 +333,15 @@ def data_statistics(train, lighting):
 def make_loaders(args, train, val, stats, crop):
     mean, eigenvalues, eigenvectors = stats
     lighting = None if eigenvalues is None else data.PCALighting(eigenvalues, eigenvectors)
-    train_loader = data.DataLoader(train, args.batch_size, data.TrainTransform(crop, mean,
-                                   lighting), shuffle=True, seed=args.seed, drop_last=True,
-                                   num_threads=args.threads)
+    train_transform = data.TrainTransform(crop, mean, lighting)
     transform = data.TenCrop(crop, mean) if args.ten_crop else data.EvalTransform(crop, mean)
+    if args.distributed:  # this rank's part of every global batch, and of the validation set
+        return (dist.ShardedLoader(train, args.batch_size, train_transform, seed=args.seed,
+                                   num_threads=args.threads),
+                dist.ValidationShard(val, args.batch_size, transform, seed=args.seed,
+                                     num_threads=args.threads, ten_crop=args.ten_crop))
+    train_loader = data.DataLoader(train, args.batch_size, train_transform, shuffle=True,
+                                   seed=args.seed, drop_last=True, num_threads=args.threads)
     val_loader = data.DataLoader(val, args.batch_size, transform, shuffle=False,
                                  seed=args.seed, num_threads=args.threads,
                                  ten_crop=args.ten_crop)
@@ -341,7 +357,8 @@ def config_of(args, classes, num_parameters):
             "dropout": args.dropout, "batch_size": args.batch_size,
             "per_class": args.per_class if args.data is None else None,
             "no_lighting": args.no_lighting, "momentum": args.momentum,
-            "weight_decay": args.weight_decay, "parameters": num_parameters}
+            "weight_decay": args.weight_decay, "parameters": num_parameters,
+            "ranks": dist.world_size()}
 
 
 def save_checkpoint(path, model, optimizer, schedule, epoch, config, stats, history):
@@ -441,6 +458,12 @@ def check_compatible(checkpoint, config, path):
     saved = checkpoint["config"]
     differences = [f"{flag} {saved.get(key)} (this run asks for {flag} {config[key]})"
                    for key, flag in RESUME_SETTINGS.items() if saved.get(key) != config[key]]
+    # Another number of ranks would change the global batch, or (with another --batch-size)
+    # the order of the float32 sums: refused, so that a resumed run is the same run
+    ranks = saved.get("ranks", 1)  # checkpoints written before --distributed: one process
+    if ranks != config["ranks"]:
+        differences.append(f"{ranks} process(es) (this run has {config['ranks']}; resume "
+                           f"with mpiexec -n {ranks}{' --distributed' * (ranks == 1)})")
     if differences:
         raise TrainingError(f"{path} was trained with {'; '.join(differences)}; resume with the "
                             "same settings, or choose another --out for a new run")
@@ -485,14 +508,19 @@ def train_one_epoch(model, optimizer, loader, epoch, args):
                 f"{optimizer.lr:g})")
         optimizer.zero_grad()
         loss.backward()
+        dist.average_gradients(model)  # nothing without --distributed (one process)
         optimizer.step()
         total_loss += value * len(labels)
         correct += top_k_correct(logits.numpy(), labels, 1)
         seen += len(labels)
+        dist.fail_for_test(epoch * len(loader) + step)
+        if CHECK_EVERY_STEP:
+            dist.check_same_parameters(model, f"epoch {epoch + 1}, step {step}")
         if not args.no_progress:
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}",
                             refresh=False)  # drawn at tqdm's own pace, not every step
+    total_loss, correct, seen = dist.sum_across_ranks([total_loss, correct, seen])
     if seen == 0:
         raise TrainingError(f"epoch {epoch + 1}: no training image could be read (the warnings "
                             "above name them); replace them with JPEG or PNG files")
@@ -541,10 +569,14 @@ def evaluate(model, loader, args):
             top1 += top_k_correct(scores, labels, 1)
             top5 += top_k_correct(scores, labels, 5)
             seen += len(labels)
+    # each rank evaluated its own share of the images: add the sums and counts, then divide
+    total_loss, top1, top5, seen = dist.sum_across_ranks([total_loss, top1, top5, seen])
+    seen = int(seen)
     if seen == 0:
         raise TrainingError("no validation image could be read (the warnings above name them); "
                             "replace them with JPEG or PNG files")
-    return {"val_loss": total_loss / seen, "val_top1": top1 / seen, "val_top5": top5 / seen}
+    return {"val_loss": total_loss / seen, "val_top1": top1 / seen, "val_top5": top5 / seen,
+            "val_images": seen}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -615,6 +647,9 @@ def run(args):
         raise TrainingError("--device cuda: no usable GPU here (CuPy is not installed, or there "
                             "is no CUDA device). On a machine with an NVIDIA GPU: "
                             "pip install -e '.[gpu]'; else use --device cpu")
+    if dist.rank() != 0:  # rank 0 alone writes --out, and holds its lock for the whole job
+        dist.barrier()    # until rank 0 has it (or, failing, has ended the job)
+        return train_run(args)
     created = prepare_out(args.out)
     try:
         lock = lock_out(args.out)
@@ -622,6 +657,7 @@ def run(args):
         release_out(args.out, None, created)
         raise
     try:
+        dist.barrier()
         return train_run(args)
     finally:
         release_out(args.out, lock, created)
@@ -630,14 +666,16 @@ def run(args):
 def train_run(args):
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
     checkpoint = None
-    if args.resume:
-        if not os.path.exists(checkpoint_path):
-            raise TrainingError(f"--resume: nothing to resume, {checkpoint_path} does not "
-                                "exist; run without --resume to start training")
-        checkpoint = load_checkpoint(checkpoint_path)
-    elif os.path.exists(checkpoint_path):
-        raise TrainingError(f"{checkpoint_path} already exists; pass --resume to continue it, "
-                            "or choose another --out (nothing was overwritten)")
+    if dist.rank() == 0:  # the others get it from rank 0: --out need not be on their disks
+        if args.resume:
+            if not os.path.exists(checkpoint_path):
+                raise TrainingError(f"--resume: nothing to resume, {checkpoint_path} does not "
+                                    "exist; run without --resume to start training")
+            checkpoint = load_checkpoint(checkpoint_path)
+        elif os.path.exists(checkpoint_path):
+            raise TrainingError(f"{checkpoint_path} already exists; pass --resume to continue "
+                                "it, or choose another --out (nothing was overwritten)")
+    checkpoint = dist.broadcast_object(checkpoint)
 
     mx.random.manual_seed(args.seed)
     train, val = make_datasets(args)
@@ -654,10 +692,17 @@ def train_run(args):
              or "none (the reference ops)"))
     print(f"data: {'bundled shapes' if args.data is None else args.data}: {len(train)} "
           f"training and {len(val)} validation images")
-    if len(train) < args.batch_size:  # the loader drops a last, smaller batch
-        raise TrainingError(f"--batch-size {args.batch_size} is more than the {len(train)} "
-                            "training images, so an epoch would have no batch; use a smaller "
-                            "--batch-size")
+    global_batch = args.batch_size * dist.world_size()
+    if args.distributed:
+        processes = " ".join(f"{r}={where}" for r, where in enumerate(dist.process_ids()))
+        print(f"distributed: {dist.world_size()} process(es) x --batch-size {args.batch_size} "
+              f"= global batch {global_batch}; {mx.fast.threads.THREADS} thread(s) each; "
+              f"rank=host:PID {processes}")
+    if len(train) < global_batch:  # the loader drops a last, smaller batch
+        processes = f" x {dist.world_size()} processes" if dist.world_size() > 1 else ""
+        raise TrainingError(f"--batch-size {args.batch_size}{processes} is more than the "
+                            f"{len(train)} training images, so an epoch would have no batch; "
+                            "use a smaller --batch-size")
 
     optimizer = optim.SGD(model.parameters(), lr=0.01 if args.lr is None else args.lr,
                           momentum=args.momentum, weight_decay=args.weight_decay)
@@ -679,7 +724,11 @@ def train_run(args):
                   f"was {optimizer.lr:g}); the schedule goes on from it")
             optimizer.lr = args.lr
     else:
-        stats = data_statistics(train, lighting=not args.no_lighting)
+        stats = dist.broadcast_object(data_statistics(train, lighting=not args.no_lighting)
+                                      if dist.rank() == 0 else None)
+    # the same seed draws the same weights on every rank; rank 0's are sent to be sure of it
+    dist.broadcast_parameters(model)
+    dist.check_same_parameters(model, "at the start")
     model.to(args.device)
     optimizer.load_state_dict(optimizer.state_dict())  # velocities onto the model's device
 
@@ -707,9 +756,12 @@ def train_run(args):
                                 f"(step {len(train_loader)}); stopped, and {kept}. Try a "
                                 f"smaller --lr (now {record['lr']:g})")
         schedule.step(record["val_loss"])
-        save_checkpoint(checkpoint_path, model, optimizer, schedule, epoch, config, stats,
-                        history)
-        write_results(args.out, history, config, model, initial_conv1)
+        dist.check_same_parameters(model, f"the checkpoint of epoch {epoch + 1}")
+        if dist.rank() == 0:
+            save_checkpoint(checkpoint_path, model, optimizer, schedule, epoch, config, stats,
+                            history)
+            write_results(args.out, history, config, model, initial_conv1)
+        dist.barrier()  # the others wait, so that a failure after it leaves a whole checkpoint
     skipped = getattr(train, "skipped", 0) + getattr(val, "skipped", 0)
     if skipped:
         print(f"skipped {skipped} unreadable image file(s); the warnings above name them")
@@ -755,8 +807,48 @@ def write_results(out, history, config, model, initial_conv1):
                  os.path.join(out, "conv1_filters.png"), initial_conv1)
 
 
+# TEST ONLY (tests/test_distributed.py): compare the ranks' weights after every step
+CHECK_EVERY_STEP = os.environ.get("MINIALEX_TEST_CHECK_EVERY_STEP") == "1"
+
+
+def start_distributed(args):
+    """Join the MPI job; on ranks other than 0 nothing is printed to stdout and no progress
+    bar is drawn (rank 0 speaks for the job). Returns an exit status, or None to go on."""
+    try:
+        dist.init()
+    except dist.DistributedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and mx.backend.cupy_available():
+        dist.init_gpu()  # NOT RUN YET: GPU local_rank(), gradients through NCCL
+    if dist.rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+        args.no_progress = True
+    return None
+
+
+def fail_job(error, status):
+    """With several ranks: one line naming the rank, then end every rank of the job (the
+    others may be waiting for this one in a collective, which would never end)."""
+    if dist.rank() != 0 and isinstance(error, TrainingError):
+        # the same error is often raised on every rank: let rank 0's line be the only one
+        time.sleep(2)
+    where = f"rank {dist.rank()} of {dist.world_size()}"
+    if isinstance(error, TrainingError):
+        print(f"error: {error} ({where})", file=sys.stderr, flush=True)
+    else:
+        message = " ".join(str(error).split())[:300]
+        print(f"error: {where} failed: {type(error).__name__}: {message}; the job is stopped",
+              file=sys.stderr, flush=True)
+    dist.abort(status)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.distributed:
+        status = start_distributed(args)
+        if status is not None:
+            return status
     # NumPy's warnings about an overflow or a NaN in some op: the loss and every weight are
     # checked here, and a non-finite one stops the run with one line that says where
     warnings.filterwarnings("ignore", category=RuntimeWarning,
@@ -766,10 +858,14 @@ def main(argv=None):
     started = time.perf_counter()
     try:
         history = run(args)
-    except TrainingError as error:
+    except (TrainingError, dist.DistributedError) as error:
+        if dist.world_size() > 1:
+            fail_job(TrainingError(str(error)), 2)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # mpiexec passes Ctrl-C to every rank: rank 0 says it
+        if dist.rank() != 0:
+            return 130
         if os.path.exists(os.path.join(args.out, CHECKPOINT)):
             print(f"\ninterrupted; {args.out}/{CHECKPOINT} holds the last finished epoch, and "
                   "--resume continues from it", file=sys.stderr)
@@ -777,6 +873,10 @@ def main(argv=None):
             print("\ninterrupted before the first epoch ended; nothing was saved",
                   file=sys.stderr)
         return 130
+    except BaseException as error:  # a bug, or a rank told to exit: the whole job ends
+        if dist.world_size() > 1 and not (isinstance(error, SystemExit) and not error.code):
+            fail_job(error, 1)
+        raise
     final = history[-1]
     print(f"done in {time.perf_counter() - started:.0f} s: val top-1 {final['val_top1']:.3f}, "
           f"top-5 {final['val_top5']:.3f}; results in {args.out}/")
