@@ -25,7 +25,7 @@ of the default run). The one process-wide fast path, "memory" (a malloc setting
 that changes no number), was made when minialex was imported and stays; run with
 MINIALEX_FAST=0 in the environment to leave it out too.
 
---distributed trains on the processes that mpiexec starts (pip install -e '.[distributed]',
+--distributed trains on the processes that mpiexec starts (pip install -e '.[train,distributed]',
 then mpiexec -n 2 python -m mpi4py examples/train_alexnet.py --distributed): --batch-size is
 each process's, and the global batch N times that, the same images as one process with the
 global batch would take. Rank 0 alone prints, holds the lock on --out and writes in it; a rank
