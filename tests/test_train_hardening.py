@@ -23,34 +23,19 @@ import numpy as np
 import pytest
 
 from minialex.serialization import load, save
+import test_train_script as train_script
+from test_train_script import ENV, PREDICT, ROOT, TRAIN, command, predict  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "examples" / "train_alexnet.py")
-PREDICT = str(ROOT / "examples" / "predict.py")
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                                 os.environ.get("PYTHONPATH")])))
 # one step per epoch: a NaN made by the step is seen by the check before the checkpoint
 TINY = ["--width", "0.0625", "--per-class", "1", "--batch-size", "10", "--threads", "1",
         "--no-progress"]
 
 
-def command(script, *args):
-    return [sys.executable, script, *map(str, args)]
-
-
 def train(out, *args, expect_success=True):
-    result = subprocess.run(command(TRAIN, "--out", out, *TINY, *args), cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=300)
-    if expect_success:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def predict(*args):
-    return subprocess.run(command(PREDICT, *args), cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    """test_train_script.train with this file's TINY (batches of 10: one step per epoch)."""
+    return train_script.train(out, *TINY, *args, expect_success=expect_success)
 
 
 def assert_one_line_error(returncode, stderr, *phrases):
