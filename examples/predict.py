@@ -15,7 +15,6 @@ missing file, not an image, one too large to decode safely) is one line `error: 
 own; the other images are still classified, and the exit status is then 2.
 """
 import argparse
-import numbers
 import pathlib
 import sys
 
@@ -28,8 +27,10 @@ import minialex as mx  # noqa: E402
 import minialex.functional as F  # noqa: E402
 from minialex import data  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # train_alexnet.py beside it
+from train_alexnet import model_problem  # noqa: E402  (the checks its checkpoints pass)
+
 CHECKPOINT_KEYS = ("model", "config", "mean")
-MAX_WIDTH = 4.0  # as train_alexnet.py: the widest network it trains
 
 
 class PredictError(Exception):
@@ -61,7 +62,7 @@ def load_model(path, device):
         raise PredictError(f"{path} is a minialex file but not a checkpoint of "
                            "train_alexnet.py (no model, config and mean in it); give the "
                            "checkpoint.npz from its --out folder")
-    problem = checkpoint_problem(checkpoint)
+    problem = model_problem(checkpoint)
     if problem:
         raise PredictError(f"{path} holds a bad checkpoint: {problem}; give the checkpoint.npz "
                            "that train_alexnet.py wrote in its --out folder")
@@ -82,33 +83,6 @@ def load_model(path, device):
         model.to(device)
     model.eval()
     return model, config["classes"], checkpoint["mean"]
-
-
-def checkpoint_problem(checkpoint):
-    """What is wrong with the parts of a checkpoint that predict.py reads, or None; checked
-    before a model is built from them (a crafted width could ask for any amount of memory)."""
-    config = checkpoint["config"]
-    if not isinstance(config, dict):
-        return f"its config is a {type(config).__name__}, not a dict"
-    if config.get("variant") not in mx.models.VARIANTS:
-        return (f"config variant {config.get('variant')!r} is none of "
-                f"{', '.join(mx.models.VARIANTS)}")
-    width = config.get("width")
-    if not isinstance(width, numbers.Real) or isinstance(width, bool) \
-            or not 0 < width <= MAX_WIDTH:  # also False for NaN
-        return f"config width {width!r} is not a number in (0, {MAX_WIDTH:g}]"
-    classes, num_classes = config.get("classes"), config.get("num_classes")
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
-            or num_classes < 1 or not isinstance(classes, list) \
-            or len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
-        return (f"config num_classes {num_classes!r} and classes do not match (a list of "
-                "that many names)")
-    if not isinstance(checkpoint["model"], dict):
-        return "its model is not a dict of weights"
-    mean = checkpoint["mean"]
-    if not isinstance(mean, np.ndarray) or mean.shape != (3,) or not np.isfinite(mean).all():
-        return "its mean is not 3 finite numbers"
-    return None
 
 
 def class_probabilities(model, image, transform, ten_crop, device):

@@ -402,9 +402,10 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def checkpoint_problem(checkpoint):
-    """What is wrong with the contents of a checkpoint that unzipped fine, or None: what a
-    resumed run reads from it, checked before anything is built from it."""
+def model_problem(checkpoint):
+    """What is wrong with the parts of a checkpoint that make the model (config, weights, mean),
+    or None; checked before a model is built from them, since a crafted width could ask for any
+    amount of memory. predict.py checks its checkpoints with it too."""
     config = checkpoint["config"]
     if not isinstance(config, dict):
         return f"its config is a {type(config).__name__}, not a dict"
@@ -419,11 +420,23 @@ def checkpoint_problem(checkpoint):
             or len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
         return (f"config num_classes {num_classes!r} and classes do not match (a list of "
                 "that many names)")
+    if not isinstance(checkpoint["model"], dict):
+        return "its model is not a dict of weights"
+    mean = checkpoint["mean"]
+    if not isinstance(mean, np.ndarray) or mean.shape != (3,) or not np.isfinite(mean).all():
+        return "its mean is not 3 finite numbers"
+    return None
+
+
+def checkpoint_problem(checkpoint):
+    """What is wrong with the contents of a checkpoint that unzipped fine, or None: what a
+    resumed run reads from it, checked before anything is built from it."""
+    problem = model_problem(checkpoint)
+    if problem:
+        return problem
     epoch = checkpoint["epoch"]
     if not is_int(epoch) or epoch < 0:
         return f"epoch {epoch!r} is not a whole number >= 0"
-    if not isinstance(checkpoint["model"], dict):
-        return "its model is not a dict of weights"
     optimizer = checkpoint["optimizer"]
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("velocity"), dict):
         return "it holds no optimizer velocities"
@@ -439,9 +452,6 @@ def checkpoint_problem(checkpoint):
     history = checkpoint["history"]
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         return "its history is not a list of records"
-    mean = checkpoint["mean"]
-    if not isinstance(mean, np.ndarray) or mean.shape != (3,) or not np.isfinite(mean).all():
-        return "its mean is not 3 finite numbers"
     return None
 
 
