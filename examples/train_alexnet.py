@@ -741,6 +741,7 @@ def train_run(args):
     dist.check_same_parameters(model, "at the start")
     model.to(args.device)
     optimizer.load_state_dict(optimizer.state_dict())  # velocities onto the model's device
+    dist.overlap_gradients(model)  # gradients travel while backward runs (several ranks)
 
     train_loader, val_loader = make_loaders(args, train, val, stats, model.input_size)
     for epoch in range(first_epoch, args.epochs):

@@ -3,6 +3,7 @@
     from minialex import distributed as dist
     dist.init()                              # once, before the model is built
     dist.broadcast_parameters(model)         # rank 0's initial weights everywhere
+    dist.overlap_gradients(model)            # optional: gradients travel during backward
     loader = dist.ShardedLoader(train, batch_size, transform, seed=seed)
     for x, labels in loader:                 # this rank's part of each global batch
         loss.backward()
@@ -169,15 +170,151 @@ def broadcast_parameters(model, root=0):
 
 
 def average_gradients(model):
-    """Replace every gradient by its mean across ranks: one flat buffer, one Allreduce."""
+    """Replace every gradient by its mean across ranks: one flat buffer, one Allreduce. After
+    overlap_gradients(model), finish the averaging that backward started instead."""
     size = world_size()
     if size == 1:
         return
+    if getattr(model, "_gradient_buckets", None) is not None:
+        return model._gradient_buckets.wait()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = _flat(grads)
     _allreduce_sum(flat)
     flat /= np.float32(size)
     _scatter(flat, grads)
+
+
+BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket: few messages, yet an early start
+
+
+def overlap_gradients(model, bucket_bytes=BUCKET_BYTES):
+    """Average the gradients while backward still runs, as PyTorch DDP does: each bucket of
+    parameters is sent as soon as backward has produced all its gradients, and the sums travel
+    while backward computes the earlier layers. Then average_gradients(model) only waits.
+
+    Backward produces fc8's gradients first and conv1's last, and the classifier holds 96% of
+    AlexNet's 244 MB of gradients, so almost all of them travel during the convolutions'
+    backward. Each parameter must get its gradient once per backward (no shared weights)."""
+    if world_size() > 1:
+        model._gradient_buckets = GradientBuckets(list(model.parameters()), bucket_bytes)
+    return model
+
+
+def buckets_of(parameters, bucket_bytes):
+    """[[parameter, ...], ...]: runs of the parameters in reverse order, each closed once it
+    holds bucket_bytes or before a parameter of bucket_bytes or more, which goes alone."""
+    buckets, current = [], []
+    for p in reversed([p for p in parameters if p.requires_grad]):
+        if current and (p.data.nbytes >= bucket_bytes or p.dtype != current[0].dtype
+                        or sum(q.data.nbytes for q in current) >= bucket_bytes):
+            buckets.append(current)
+            current = []
+        current.append(p)
+    return buckets + [current] if current else buckets
+
+
+class GradientBuckets:
+    """Parameters in buckets of about bucket_bytes, in the order backward reaches them (the
+    reverse of model.parameters()); a parameter of bucket_bytes or more is a bucket of its own,
+    reduced in place in its .grad, with no copy. Buckets are sent strictly in order, so that
+    every rank starts the same collectives in the same order. On the CPU, one thread sends them
+    with blocking Allreduces (mpi4py lets go of the GIL meanwhile); with NCCL, a second CUDA
+    stream does, after an event of the compute stream."""
+
+    def __init__(self, parameters, bucket_bytes):
+        self.buckets = buckets_of(parameters, bucket_bytes)
+        self.bucket_of = {id(p): k for k, bucket in enumerate(self.buckets) for p in bucket}
+        for p in parameters:
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._ready)
+        self._reset()
+        self._sender = None if _nccl is not None else _Sender()
+
+    def _reset(self):
+        self.ready = [set() for _ in self.buckets]
+        self.flat = [None] * len(self.buckets)
+        self.sent = 0  # buckets 0 .. sent-1 are on their way
+
+    def _ready(self, p):
+        k = self.bucket_of[id(p)]
+        if id(p) in self.ready[k] or k < self.sent:
+            if self._sender is not None:  # what is on its way arrives before the error leaves
+                self._sender.wait()
+            raise DistributedError(f"a parameter of shape {p.shape} got a second gradient before "
+                                   f"average_gradients(model): overlap_gradients needs each "
+                                   f"parameter used once per backward, and average_gradients "
+                                   f"after each backward")
+        self.ready[k].add(id(p))
+        while self.sent < len(self.buckets) and \
+                len(self.ready[self.sent]) == len(self.buckets[self.sent]):
+            self._send(self.sent)
+
+    def _send(self, k):
+        bucket, self.sent = self.buckets[k], k + 1
+        xp = backend.get_array_module(bucket[0].data)
+        for p in bucket:  # a parameter that got no gradient sends zeros, as PyTorch DDP does
+            if p.grad is None:
+                p.grad = xp.zeros_like(p.data)
+        if len(bucket) == 1:
+            p = bucket[0]
+            p.grad = xp.ascontiguousarray(p.grad)
+            self.flat[k] = p.grad.reshape(-1)
+        else:
+            self.flat[k] = xp.concatenate([p.grad.reshape(-1) for p in bucket])
+        if self._sender is not None:
+            self._sender.put(self.flat[k])
+        else:
+            _nccl_average_async(self.flat[k])
+
+    def wait(self):
+        """Send what backward left unsent, wait for every bucket, and put each average in
+        .grad (a view of the bucket's buffer: no copy back)."""
+        while self.sent < len(self.buckets):
+            self._send(self.sent)
+        if self._sender is not None:
+            self._sender.wait()
+        else:
+            _nccl_wait()
+        for bucket, flat in zip(self.buckets, self.flat):
+            if len(bucket) > 1:
+                offset = 0
+                for p in bucket:
+                    p.grad = flat[offset:offset + p.size].reshape(p.shape)
+                    offset += p.size
+        self._reset()
+
+
+class _Sender:
+    """One thread that sums buffers across ranks in order with blocking Allreduces and divides
+    them by the world size; its first error is raised again by wait()."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.queue, self.error = queue.Queue(), None
+        threading.Thread(target=self._run, daemon=True, name="minialex-allreduce").start()
+
+    def put(self, flat):
+        self.queue.put(flat)
+
+    def _run(self):
+        from mpi4py import MPI
+        while True:
+            flat = self.queue.get()
+            try:
+                if self.error is None:
+                    _comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+                    flat /= flat.dtype.type(world_size())
+            except BaseException as error:  # noqa: BLE001 - handed to the main thread
+                self.error = error
+            finally:
+                self.queue.task_done()
+
+    def wait(self):
+        self.queue.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise DistributedError(f"averaging the gradients failed: {error}") from error
 
 
 def parameter_checksum(model):
@@ -257,6 +394,30 @@ class ValidationShard(DataLoader):
 
 
 # ---- GPUs: NCCL ---------------------------------------------------------------------------
+
+_side = {}  # NCCL's stream and its last event
+
+
+def _nccl_average_async(flat):
+    """NOT RUN YET. Sum on NCCL's own stream once the compute stream has made `flat`."""
+    import cupy
+    from cupy.cuda import nccl
+    compute = cupy.cuda.get_current_stream()
+    stream = _side.setdefault("stream", cupy.cuda.Stream(non_blocking=True))
+    stream.wait_event(compute.record())
+    _nccl.allReduce(flat.data.ptr, flat.data.ptr, flat.size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
+                    stream.ptr)
+    with stream:
+        flat /= flat.dtype.type(world_size())
+    _side["done"] = stream.record()
+
+
+def _nccl_wait():
+    """NOT RUN YET. The compute stream waits (on the device, not the host) for the sums."""
+    import cupy
+    if "done" in _side:
+        cupy.cuda.get_current_stream().wait_event(_side.pop("done"))
+
 
 def init_gpu():
     """Use GPU local_rank() and reduce gradients with NCCL (cupy.cuda.nccl) instead of MPI;

@@ -74,6 +74,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.creator = None          # the Function that produced this tensor, if any
         self.name = None
+        self._grad_hooks = []        # called as hook(self) after backward() adds to .grad
 
     # -- what it is ------------------------------------------------------------------------
     @property
@@ -169,6 +170,11 @@ class Tensor:
 
     def zero_grad(self):
         self.grad = None
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call hook(tensor) each time backward() has added to this leaf's .grad (PyTorch's
+        name): minialex/distributed.py sends a layer's gradients while backward goes on."""
+        self._grad_hooks.append(hook)
 
     # -- operators (the Functions live in functions/basic.py) ------------------------------
     def __add__(self, other):
@@ -393,6 +399,8 @@ def _backpropagate(root, grad, retain_graph):
 def _accumulate_leaf(x, g):
     # Never in place: one gradient array may be handed to several inputs (e.g. by add).
     x.grad = g if x.grad is None else x.grad + g
+    for hook in x._grad_hooks:
+        hook(x)
 
 
 def _release(function):
