@@ -43,6 +43,7 @@ _local_size = 1       # ranks on this node
 _local_rank = 0
 _blas_limit = None    # threadpoolctl's limit, kept alive for the whole run
 _nccl = None          # the NCCL communicator of a GPU run
+_watcher = None       # the pipe to this rank's watcher process
 
 
 class DistributedError(RuntimeError):
@@ -78,6 +79,7 @@ def init():
     _local_size, _local_rank = local.Get_size(), local.Get_rank()
     local.Free()
     _comm = comm
+    _watch_this_rank(comm)
     from .fast import threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads.THREADS = max(1, (cores or 1) // _local_size)
@@ -124,12 +126,61 @@ def process_ids():
 
 def abort(code=1):
     """End every process of the job (never returns)."""
+    _tell_watcher(b"ab")  # this rank said why; the others, ended by mpiexec, need not
     if _comm is not None:
         # mpiexec forwards a rank's output on its own time, and MPI_Abort tears the job down at
         # once: without this pause a line just printed was sometimes lost (1 in about 30 runs)
         time.sleep(0.5)
         _comm.Abort(code)
     os._exit(code)
+
+
+# A killed rank cannot say so (mpiexec then kills the others, with SIGKILL too, and names the
+# dead process by its PID), so each rank starts a small process that waits on a pipe from it:
+# b"ok" at a normal exit, b"ab" when the rank reports its own error; the pipe closing without
+# a word means the rank was killed. The first watcher of the machine to see its rank end takes
+# an abstract Unix socket name for the job, so the ranks that mpiexec ends next stay silent.
+WATCHER = r"""
+import os, socket, sys, time
+fd, name, line = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+said = os.read(fd, 2)
+if said == b"ok":
+    sys.exit(0)
+claim = socket.socket(socket.AF_UNIX)
+try:
+    claim.bind("\0" + name)
+except OSError:
+    sys.exit(0)
+if said == b"":
+    os.write(2, line.encode())
+os.close(2)
+time.sleep(5)
+"""
+
+
+def _watch_this_rank(comm):
+    global _watcher
+    import atexit
+    import socket
+    import subprocess
+    import sys
+    job = comm.bcast(f"{socket.gethostname()}-{os.getpid()}" if comm.Get_rank() == 0 else None)
+    line = (f"error: rank {comm.Get_rank()} of {comm.Get_size()} (PID {os.getpid()} on "
+            f"{socket.gethostname()}) ended without a word: it was killed (kill -9, or the "
+            f"out-of-memory killer?); mpiexec ends the others\n")
+    read_end, _watcher = os.pipe()
+    subprocess.Popen([sys.executable, "-c", WATCHER, str(read_end), f"minialex-{job}", line],
+                     pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    os.close(read_end)
+    atexit.register(_tell_watcher, b"ok")
+
+
+def _tell_watcher(word):
+    global _watcher
+    if _watcher is not None:
+        os.write(_watcher, word)
+        os.close(_watcher)
+        _watcher = None
 
 
 # ---- parameters and gradients -------------------------------------------------------------

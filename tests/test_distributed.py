@@ -139,6 +139,7 @@ def launch(ranks, out, *args, env=None, timeout=120):
 def trained(ranks, out, *args, env=None):
     result, _ = launch(ranks, out, *args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "error:" not in result.stderr  # no rank's watcher took a normal end for a death
     return result
 
 
@@ -233,11 +234,13 @@ def test_a_failing_rank_ends_the_whole_job_within_seconds(how, tmp_path):
     print(f"rank 1 failing by {how}: the job ended after {seconds:.1f} s "
           f"(exit status {result.returncode})")
     assert result.returncode != 0 and seconds < 20
-    if how == "kill":  # mpiexec names the killed process by its PID, which rank 0 printed
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr  # one line, from the failing rank (or its watcher)
+    if how == "kill":  # its watcher says so; mpiexec names it by the PID that rank 0 printed
         pid = re.search(r"1=[^:\s]+:(\d+)", result.stdout).group(1)
         assert f"PID {pid}" in result.stdout + result.stderr
+        assert f"rank 1 of 2 (PID {pid} on" in lines[0] and "killed" in lines[0], lines
     else:
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and "rank 1 of 2 failed" in lines[0], result.stderr
+        assert "rank 1 of 2 failed" in lines[0], result.stderr
     checkpoint = load(tmp_path / "checkpoint.npz")
     assert checkpoint["epoch"] == 0

@@ -38,6 +38,7 @@ def test_buckets_follow_backwards_order_and_a_large_parameter_travels_alone():
 
 SCRIPT = r'''
 import json
+import numpy as np
 import minialex as mx
 import minialex.functional as F
 from minialex import distributed as dist, nn
