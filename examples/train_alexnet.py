@@ -13,7 +13,7 @@ The recipe is the paper's (§5): SGD with momentum 0.9 and weight decay 5e-4, th
 divided by 10 when the validation loss stops improving; random crops, flips and PCA lighting
 (§4.1); ten-crop evaluation with --ten-crop. In --out the run leaves checkpoint.npz (written
 atomically, so a kill at any moment leaves the previous one whole), metrics.json, curves.png
-and conv1_filters.png.
+and conv1_filters.png; with --export-onnx also model.onnx (README.md, "Export to ONNX").
 
 --reference trains on minialex's reference ops alone (mx.set_fast(False) before anything is
 built): the plain NumPy/CuPy code of minialex/functions and optim.SGD, without the fast paths
@@ -69,8 +69,10 @@ import minialex as mx  # noqa: E402
 import minialex.functional as F  # noqa: E402
 from minialex import data, optim  # noqa: E402
 from minialex import distributed as dist  # noqa: E402  (imports mpi4py only in dist.init())
+import minialex.onnx  # noqa: E402  (imports the onnx package only when exporting)
 
 CHECKPOINT = "checkpoint.npz"
+ONNX_FILE = "model.onnx"  # --export-onnx
 LOCK = ".lock"
 MAX_WIDTH = 4.0         # 16 times the real AlexNet's parameters; memory decides below that
 IMAGE_BYTES = 256 * 256 * 3  # a cached bundled image, uint8
@@ -129,6 +131,10 @@ def parse_args(argv=None):
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel on the processes of mpiexec -n N python -m mpi4py ...: "
                    "--batch-size is each process's, the global batch N times that")
+    p.add_argument("--export-onnx", action="store_true",
+                   help=f"at the end, also write {ONNX_FILE} (ONNX opset "
+                   f"{minialex.onnx.OPSET}) beside the checkpoint; needs "
+                   "pip install -e '.[onnx]'")
     args = p.parse_args(argv)
     for flag in ("width", "lr", "momentum", "weight_decay", "dropout"):
         value = getattr(args, flag)
@@ -150,6 +156,11 @@ def parse_args(argv=None):
         p.error("--threads and --per-class must be >= 1")
     if args.momentum < 0 or args.weight_decay < 0 or args.patience < 0:
         p.error("--momentum, --weight-decay and --patience must be >= 0")
+    if args.export_onnx:  # now, rather than after the whole run
+        try:
+            minialex.onnx.import_onnx()
+        except ImportError as error:
+            p.error(f"--export-onnx: {error}")
     return args
 
 
@@ -773,6 +784,10 @@ def train_run(args):
                             history)
             write_results(args.out, history, config, model, initial_conv1)
         dist.barrier()  # the others wait, so that a failure after it leaves a whole checkpoint
+    if args.export_onnx and dist.rank() == 0:
+        onnx_path = os.path.join(args.out, ONNX_FILE)
+        minialex.onnx.export(model, onnx_path, (1, 3, model.input_size, model.input_size))
+        print(f"wrote {onnx_path} (ONNX opset {minialex.onnx.OPSET}, any batch size)")
     skipped = getattr(train, "skipped", 0) + getattr(val, "skipped", 0)
     if skipped:
         print(f"skipped {skipped} unreadable image file(s); the warnings above name them")

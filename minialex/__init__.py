@@ -8,6 +8,7 @@ train AlexNet. NumPy on the CPU, CuPy on the GPU.
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
 from .serialization import load, save  # noqa: F401
+from .interop import load_torch_state_dict  # noqa: F401
 from . import functional, models, nn, optim, random  # noqa: F401
 # The fast paths register themselves with dispatch.py: the CPU's (fast/), then the GPU's
 from . import fast, gpu  # noqa: F401

@@ -18,7 +18,7 @@ kernel sizes and strides: width=0.25 trains on a CPU in minutes, width=1 is the 
 """
 import numpy as np
 
-from .. import nn, random
+from .. import interop, nn, random
 
 VARIANTS = ("paper", "seed", "torchvision")
 INITS = ("pytorch", "paper", "kaiming")
@@ -172,10 +172,14 @@ def init_kaiming(model):
     return model
 
 
-def alexnet(variant="paper", num_classes=1000, width=1.0, init="pytorch", dropout=0.5):
+def alexnet(variant="paper", num_classes=1000, width=1.0, init="pytorch", dropout=0.5,
+            weights=None):
     """Build AlexNet: variant "paper", "seed" or "torchvision" (see the module docstring).
 
     dropout: the probability of zeroing a unit of fc6 and fc7 in training, 0.5 in the paper
     (§4.2); 0 keeps the layers (they become the identity) so state dicts stay compatible.
+    weights: a file to load, read without torch (minialex/interop.py): torchvision's
+    alexnet-owt-7be5be79.pth for variant="torchvision", or a minialex state dict or checkpoint.
     """
-    return AlexNet(variant, num_classes, width, init, dropout)
+    model = AlexNet(variant, num_classes, width, init, dropout)
+    return model if weights is None else interop.load_weights(model, weights)
