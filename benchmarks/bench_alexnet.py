@@ -178,6 +178,10 @@ def parse_args(argv=None):
     p.add_argument("--reference", action="store_true",
                    help="minialex engines without fast paths (MINIALEX_FAST=0): the reference "
                    "ops alone")
+    p.add_argument("--gpu-conv", choices=("auto", "implicit", "explicit"), default="auto",
+                   help="minialex GPU convolutions: the implicit GEMM (no column buffer), "
+                   "im2col + SGEMM (explicit), or auto (minialex.gpu.Conv2dOnKernels); run "
+                   "with implicit and explicit to compare the peak memory")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--no-fast-table", action="store_true",
                    help="skip the table \"What each fast path buys\" (a process per "
@@ -374,6 +378,8 @@ class MinialexEngine(Engine):
         self.xp = np if device == "cpu" else backend._import_cupy()
         self.cross_entropy = F.cross_entropy
         self.label += fast_path_suffix()
+        if device == "cuda" and minialex.gpu.Conv2dOnKernels.algorithm != "auto":
+            self.label += f" (conv {minialex.gpu.Conv2dOnKernels.algorithm})"
 
     def sync(self):
         if self.device == "cuda":
@@ -795,6 +801,7 @@ def run_child(engine_name, variant, batch, args, repeats=None, memory=False, pro
                str(args.threads), "--warmup", str(args.warmup), "--repeats",
                str(repeats or args.repeats)]
     command += ["--child-memory"] if memory else []
+    command += ["--gpu-conv", args.gpu_conv]
     command += ["--child-profile"] if profile else []
     environment = dict(os.environ)
     if fast is not None:
@@ -1418,6 +1425,7 @@ def best_limits(start, end):
 
 def main(argv=None):
     args = parse_args(argv)
+    minialex.gpu.Conv2dOnKernels.algorithm = args.gpu_conv  # the children get --gpu-conv too
     if args.child is not None:
         return child_main(args)
     if args.reference:  # in case the flag was abbreviated, which the check at import misses

@@ -380,6 +380,8 @@ def save_checkpoint(path, model, optimizer, schedule, epoch, config, stats, hist
              "mean": mean}
     if eigenvalues is not None:
         state["lighting"] = {"eigenvalues": eigenvalues, "eigenvectors": eigenvectors}
+    if next(iter(model.parameters())).device == "cuda":  # the GPU dropout's own stream
+        state["cuda_dropout_state"] = mx.gpu.dropout_state()
     mx.save(state, path)  # atomic: a temporary file, then a rename
 
 
@@ -511,42 +513,72 @@ def progress(iterable, total, description, enabled):
     return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
 
 
+# Steps between two reads of the running loss and accuracy on the GPU: each read waits for the
+# GPU to finish every step queued before it, so it is done for the progress bar and the NaN
+# check only this often, and at the end of the epoch. On the CPU a read costs nothing: every
+# step.
+READ_EVERY_GPU = 20
+
+
 def train_one_epoch(model, optimizer, loader, epoch, args):
+    """One pass over the training set. Nothing in a step waits for the GPU: the labels are
+    checked on the host, the batches are copied ahead on a second stream
+    (mx.gpu.DevicePrefetcher), and the loss and the count of correct answers are summed
+    on the device, read every READ_EVERY_GPU steps and at the end."""
     model.train()
     loader.set_epoch(epoch)
-    total_loss = correct = seen = 0
+    read_every = 1 if args.device == "cpu" else READ_EVERY_GPU
+    total_loss = correct = seen = 0  # as last read from the device
+    sums = None  # on the device: (loss x batch size summed, correct answers summed)
     start = time.perf_counter()
-    bar = progress(loader, len(loader), f"epoch {epoch + 1}/{args.epochs}", not args.no_progress)
-    for step, (x, labels) in enumerate(bar, 1):
-        x = mx.tensor(x, device=args.device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"the loss became {value} in epoch {epoch + 1}, step {step}; stopped, and the "
-                f"last good checkpoint is left as it was. Try a smaller --lr (now "
-                f"{optimizer.lr:g})")
+    batches = mx.gpu.DevicePrefetcher(loader, args.device)
+    bar = progress(batches, len(loader), f"epoch {epoch + 1}/{args.epochs}",
+                   not args.no_progress)
+    step = last_read = 0
+    for step, (x, labels, labels_on_device) in enumerate(bar, 1):
+        logits = model(mx.tensor(x, device=args.device))
+        loss = F.cross_entropy(logits, labels)  # labels checked on the host, then moved
         optimizer.zero_grad()
         loss.backward()
         dist.average_gradients(model)  # nothing without --distributed (one process)
         optimizer.step()
-        total_loss += value * len(labels)
-        correct += top_k_correct(logits.numpy(), labels, 1)
+        hits = (logits.data.argmax(axis=1) == labels_on_device).sum()
+        step_sums = (loss.data * len(labels), hits)
+        sums = step_sums if sums is None else (sums[0] + step_sums[0], sums[1] + step_sums[1])
         seen += len(labels)
         dist.fail_for_test(epoch * len(loader) + step)
         if CHECK_EVERY_STEP:
             dist.check_same_parameters(model, f"epoch {epoch + 1}, step {step}")
-        if not args.no_progress:
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
-                            refresh=False)  # drawn at tqdm's own pace, not every step
+        if step % read_every == 0 or step == len(loader):
+            total_loss, correct = read_sums(sums, epoch, last_read, step, optimizer)
+            last_read = step
+            if not args.no_progress:
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                                refresh=False)  # drawn at tqdm's own pace, not every step
+    if sums is not None and last_read != step:
+        total_loss, correct = read_sums(sums, epoch, last_read, step, optimizer)
     total_loss, correct, seen = dist.sum_across_ranks([total_loss, correct, seen])
     if seen == 0:
         raise TrainingError(f"epoch {epoch + 1}: no training image could be read (the warnings "
                             "above name them); replace them with JPEG or PNG files")
     return {"train_loss": total_loss / seen, "train_top1": correct / seen,
             "train_images_per_s": seen / (time.perf_counter() - start)}
+
+
+def read_sums(sums, epoch, last_read, step, optimizer):
+    """The device's running sums as Python numbers (one device-to-host copy), or a
+    TrainingError if the loss became NaN or infinite since the last read."""
+    xp = mx.backend.get_array_module(sums[0])
+    both = xp.stack([xp.asarray(value, dtype=xp.float64) for value in sums])
+    total_loss, correct = mx.backend.as_numpy(both).tolist()
+    if not math.isfinite(total_loss):
+        steps = f"step {step}" if step == last_read + 1 else f"steps {last_read + 1}-{step}"
+        raise TrainingError(
+            f"the loss became {total_loss} in epoch {epoch + 1}, {steps}; stopped, and the "
+            f"last good checkpoint is left as it was. Try a smaller --lr (now "
+            f"{optimizer.lr:g})")
+    return total_loss, int(correct)
 
 
 def is_finite(array):
@@ -571,6 +603,18 @@ def non_finite_state(model, optimizer):
     return None
 
 
+# Images per forward pass in ten-crop evaluation: the ten crops of --batch-size 196 are 1,960
+# images, and conv1's columns (3 x 11 x 11 values per output pixel, 55 x 55 pixels per image)
+# would then hold 3*11*11 * 1960*55*55 >= 2^31 elements, more than the GPU kernels index
+# with 32-bit ints. 1,280 images stay below it (1.4e9) at any batch size.
+EVAL_PIECE = 1280
+
+
+def pieces(array, size):
+    """array cut along its first axis into pieces of at most `size` (views, no copy)."""
+    return [array[start:start + size] for start in range(0, len(array), size)] or [array]
+
+
 def evaluate(model, loader, args):
     model.eval()
     total_loss = top1 = top5 = seen = 0
@@ -578,8 +622,10 @@ def evaluate(model, loader, args):
         for x, labels in progress(loader, len(loader), "validation", not args.no_progress):
             if args.ten_crop:  # (N, 10, 3, S, S): average the ten softmax outputs (§4.1)
                 n = x.shape[0]
-                logits = model(mx.tensor(x.reshape(n * 10, *x.shape[2:]), device=args.device))
-                probabilities = F.softmax(logits).numpy().reshape(n, 10, -1).mean(axis=1)
+                probabilities = np.concatenate([
+                    F.softmax(model(mx.tensor(piece, device=args.device))).numpy()
+                    for piece in pieces(x.reshape(n * 10, *x.shape[2:]), EVAL_PIECE)])
+                probabilities = probabilities.reshape(n, 10, -1).mean(axis=1)
                 scores = probabilities
                 losses = -np.log(probabilities[np.arange(n), labels] + 1e-12)
                 total_loss += float(losses.sum())
@@ -808,7 +854,9 @@ def restore(checkpoint, path, model, optimizer, schedule):
                        ("schedule state", lambda: schedule.load_state_dict(
                            checkpoint["schedule"])),
                        ("random state", lambda: mx.random.set_state(
-                           checkpoint["random_state"]))):
+                           checkpoint["random_state"])),
+                       ("GPU dropout state", lambda: "cuda_dropout_state" not in checkpoint
+                        or mx.gpu.set_dropout_state(checkpoint["cuda_dropout_state"]))):
         try:
             load()
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:

@@ -1,7 +1,7 @@
 // sgemm.cu: single-precision matrix multiply, the GPU's share of >99% of AlexNet's arithmetic
 // (im2col convolution and the fully connected layers are GEMMs).
 //
-//   C[b] (M, N) = opA(A[b]) (M, K) @ opB(B[b]) (K, N)        b = blockIdx.z, one matrix per batch
+//   C[b] (M, N) = opA(A[b]) (M, K) @ opB(B[b]) (K, N)        b: one matrix per batch index
 //   C[b][m][n] = sum over k of opA(A[b])[m][k] * opB(B[b])[k][n]     (C is overwritten)
 //
 // Layouts (row-major, contiguous; "n" = as is, "t" = transposed):
@@ -10,37 +10,65 @@
 //   _tn: A stored (K, M), B stored (K, N)      conv grad_col = W^T @ gy; linear grad_w = gy^T @ x
 // Matrix b starts at A + b * batch_stride_A (likewise B, C). Each matrix has < 2^31 elements.
 //
-// Every entry point has the signature
+// v1 to v7 have the signature
 //   sgemm_vK_LL(int M, int N, int K, const float* A, const float* B, float* C,
 //               long long batch_stride_A, long long batch_stride_B, long long batch_stride_C)
-// and the grid (ceil(N / tile_N), ceil(M / tile_M), batches): block (x, y) computes the tile
-// C[y*tile_M : (y+1)*tile_M, x*tile_N : (x+1)*tile_N]. Any M, N, K >= 1 works: every load and
-// store is bounds-checked, and values outside the matrices count as zeros.
+// and the grid (ceil(N / tile_N), ceil(M / tile_M), batches): block (x, y, b) computes the tile
+// C[b][y*tile_M : (y+1)*tile_M, x*tile_N : (x+1)*tile_N]. Any M, N, K >= 1 works: every load and
+// store is bounds-checked, and values outside the matrices count as zeros. The tile and block
+// of each version are in minialex/cuda.py (SGEMM_GEOMETRY), beside the launch.
 //
-// The versions, each a step towards the speed of cuBLAS:
-//   v1: naive. One thread per element of C, reading a row of A and a column of B from global
-//       memory: 2 loads per multiply-add, so it is bound by memory traffic.
-//   v2: shared-memory tiles. A 16x16 block loads a 16x16 tile of A and of B into shared memory,
-//       then every thread reads 16 of each from there: each global load is used 16 times.
-//   v3: + register blocking. A 64x64 tile of C per block of 256 threads, each thread 4x4 of it.
-//       Per step k a thread loads 4 values of A and 4 of B from shared memory into registers
-//       and does 16 multiply-adds: 2 shared loads per multiply-add become 0.5.
-//   v4: + 128x128 tiles, 8x8 per thread, float4. Global loads are float4 (4 floats at once) when
-//       the rows are 16-byte aligned (the row length a multiple of 4 and the pointer aligned), else
-//       scalar; the A tile is stored transposed (As[k][m]) so that a thread reads its 8 values of
-//       A, like its 8 of B, as two float4 from shared memory: 64 multiply-adds per 4 loads.
-//   v5: v4 + double buffering. Two shared-memory buffers: while the block computes on one, the
+// The versions, each adding ONE idea to the one before, as in the step-by-step write-ups of
+// SGEMM (S. Boehm, "How to optimize a CUDA matmul kernel for cuBLAS-like performance", 2022).
+// What each buys is an estimate from the arithmetic below and from that write-up's figures on
+// another GPU (an A6000, 4096^3): NOTHING HERE HAS BEEN MEASURED ON A GPU YET;
+// benchmarks/bench_kernels.py measures every version against cuBLAS.
+//   v1: naive. One thread per element of C, reading a row of opA(A) and a column of opB(B)
+//       from global memory. threadIdx.x runs along m, so the 32 threads of a warp read 32
+//       different rows of A and write 32 rows of C: every access is its own memory transaction.
+//       (Write-up: ~1% of cuBLAS.)
+//   v2: + coalescing. threadIdx.x runs along n instead: a warp reads 32 consecutive floats of B
+//       (nn) and writes 32 consecutive floats of C, one transaction for the warp, while all its
+//       threads read the same element of A (a broadcast). (~8%.)
+//   v3: + shared-memory tiles. A 16x16 block loads a 16x16 tile of opA(A) and of opB(B) into
+//       shared memory, then each thread reads 16 of each from there: each value loaded from
+//       global memory serves 16 multiply-adds instead of one. Now bound by shared-memory loads,
+//       2 per multiply-add. (~13%)
+//   v4: + 1-D register blocking. A 64x64 tile of C per block of 512 threads, each thread 8
+//       elements of one column of C, BK = 8. Per step k a thread loads one value of B into a
+//       register and reuses it for 8 multiply-adds: 9 shared loads per 8 multiply-adds. (~35%)
+//   v5: + 2-D register blocking. A 128x128 tile per block of 256 threads, each thread an 8x8
+//       block of C: per step k, 8 values of A and 8 of B in registers feed 64 multiply-adds
+//       (16 shared loads per 64, a quarter of v4's), and each tile of A and B loaded from global
+//       memory serves 128 multiply-adds per value instead of 64. (~65%)
+//   v6: + vectorised loads, As transposed. Global loads are float4 (4 floats in one instruction)
+//       where the stored rows are 16-byte aligned (row length a multiple of 4 and the matrix
+//       aligned), else scalar; the A tile is stored transposed in shared memory (As[k][m]) so
+//       that a thread's 8 values of A, like its 8 of B, are two float4 reads: 4 shared-memory
+//       instructions per 64 multiply-adds instead of 16. (~75%)
+//   v7: + double buffering. Two shared-memory buffers: while the block computes on one, the
 //       next tile travels from global memory into registers and then into the other buffer, so
-//       the global-memory latency hides behind arithmetic, with one __syncthreads per step.
+//       the global-memory latency hides behind arithmetic, with one __syncthreads per step
+//       instead of two. (A few % more; the write-up's next steps, autotuning and warp tiling,
+//       reach 85 to 94%; minialex has neither yet.)
+//   v8: + split-K and a tile per problem (what the layers use). v7's loop over a range of K,
+//       templated over the tile: 128x128 (256 threads), 128x64 (128) or 64x64 (64). When the
+//       output has too few tiles to fill the GPU but K is long (AlexNet's weight gradients:
+//       conv1's is 96 x 363 with K = 387,200, 3 tiles of 128x128 for 132 multiprocessors),
+//       `splits` blocks share each tile, each summing one range of K into its own slice of a
+//       workspace; splitk_reduce then adds the slices in a fixed order. No atomics: the result
+//       is the same bits on every run. minialex/cuda.py (sgemm_plan) picks the tile and the
+//       number of splits from M, N, K, the batch and the number of multiprocessors. conv1's
+//       weight gradient goes from 3 busy multiprocessors to all of them (~40x on that product).
 //
-// launch geometry (cuda.py and the tests read these lines):
-// launch sgemm_v1: tile_M=16 tile_N=16 block=(16,16,1)
-// launch sgemm_v2: tile_M=16 tile_N=16 block=(16,16,1)
-// launch sgemm_v3: tile_M=64 tile_N=64 block=(256,1,1)
-// launch sgemm_v4: tile_M=128 tile_N=128 block=(256,1,1)
-// launch sgemm_v5: tile_M=128 tile_N=128 block=(256,1,1)
+// v8's entry points sgemm_v8_<BM>x<BN>_LL take two more ints, (..., int splits, int k_chunk):
+// the grid is (ceil(N / BN), ceil(M / BM), batches * splits), block z = b * splits + s sums
+// k in [s * k_chunk, min(K, (s + 1) * k_chunk)) of matrix b into C + z * batch_stride_C; with
+// splits = 1 that is C[b] itself. k_chunk must be a multiple of 8 (the float4 loads stay
+// aligned). splitk_reduce(partial, C, count, batch, splits): C[b][e] = sum over s = 0, 1, ... of
+// partial[(b * splits + s) * count + e], in that order, for e < count = M * N.
 //
-// Sections: helpers (layouts and tile loads), the kernels v1..v5, the extern "C" entry points.
+// Sections: helpers (layouts and tile loads), the kernels v1..v8, the extern "C" entry points.
 // Each kernel is a template over the layout, <TRANS_A, TRANS_B>: nn = <false, false>,
 // nt = <false, true>, tn = <true, false>.
 
@@ -67,7 +95,7 @@ __device__ __forceinline__ bool aligned_16_bytes(const float* pointer) {
 // Copies the tile [row0, row0 + ROWS) x [col0, col0 + COLS) of a row-major (rows, cols) matrix
 // into shared memory, zeros outside the matrix; tile[r][c] if not TRANSPOSE, else tile[c][r],
 // with rows of LD floats. Consecutive threads read consecutive columns, so that a warp reads
-// contiguous memory (a "coalesced" load) whatever the layout.
+// contiguous memory (a coalesced load) whatever the layout.
 template <int ROWS, int COLS, int THREADS, int LD, bool TRANSPOSE>
 __device__ __forceinline__ void load_tile(const float* source, int rows, int cols, int row0,
                                           int col0, float* tile, int thread) {
@@ -80,195 +108,39 @@ __device__ __forceinline__ void load_tile(const float* source, int rows, int col
     }
 }
 
-// Loads the tiles of opA(A) (BM x BK, at m0, k0) and opB(B) (BK x BN, at k0, n0) into shared
-// memory as As[k][m] and Bs[k][n]: each operand is read in its stored layout and transposed on
-// the way in when needed.
+// v3 to v5: the tiles of opA(A) (BM x BK, at m0, k0) and opB(B) (BK x BN, at k0, n0) in shared
+// memory as As[m][k] and Bs[k][n], each operand read in its stored layout and transposed on the
+// way in where that layout differs.
 template <bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int THREADS, int LDA, int LDB>
 __device__ __forceinline__ void load_tiles(const float* A, const float* B, int M, int N, int K,
                                            int m0, int n0, int k0, float* As, float* Bs,
                                            int thread) {
-    if (TRANS_A) load_tile<BK, BM, THREADS, LDA, false>(A, K, M, k0, m0, As, thread);
-    else load_tile<BM, BK, THREADS, LDA, true>(A, M, K, m0, k0, As, thread);
+    if (TRANS_A) load_tile<BK, BM, THREADS, LDA, true>(A, K, M, k0, m0, As, thread);
+    else load_tile<BM, BK, THREADS, LDA, false>(A, M, K, m0, k0, As, thread);
     if (TRANS_B) load_tile<BN, BK, THREADS, LDB, true>(B, N, K, n0, k0, Bs, thread);
     else load_tile<BK, BN, THREADS, LDB, false>(B, K, N, k0, n0, Bs, thread);
 }
 
-// v4 and v5: one thread's share of a tile that holds exactly 4 * THREADS floats: 4 consecutive
-// floats of one stored row. The tile is (ROWS, COLS) in the stored layout.
-struct Quad {
-    int row, col;     // where the 4 floats start, in the whole matrix
-    float value[4];   // what was read (zeros outside the matrix)
-};
-
-// Reads a thread's 4 floats with one float4 load if `vectorized` (the caller checked that the
-// rows are 16-byte aligned: then 4 floats starting at a multiple of 4 are all inside the matrix
-// or all outside), else with 4 bounds-checked scalar loads.
-template <int COLS>
-__device__ __forceinline__ Quad fetch_quad(const float* source, int rows, int cols, int row0,
-                                           int col0, int thread, bool vectorized) {
-    Quad quad;
-    quad.row = row0 + thread / (COLS / 4);
-    quad.col = col0 + thread % (COLS / 4) * 4;
-    const float* start = source + quad.row * cols + quad.col;
-    if (vectorized) {
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (quad.row < rows && quad.col < cols) v = *reinterpret_cast<const float4*>(start);
-        quad.value[0] = v.x; quad.value[1] = v.y; quad.value[2] = v.z; quad.value[3] = v.w;
-    } else {
-        for (int i = 0; i < 4; ++i)
-            quad.value[i] = (quad.row < rows && quad.col + i < cols) ? start[i] : 0.0f;
-    }
-    return quad;
+// v5 to v8: a block of (BM/8) x (BN/8) threads, each computing an 8x8 block of C. Thread
+// (tx, ty) owns rows ty*4 + {0..3} and BM/2 + ty*4 + {0..3}, columns tx*4 + {0..3} and
+// BN/2 + tx*4 + {0..3}: two groups of 4 consecutive elements in each direction, so that in v6
+// its operands are 2 float4 reads of As and 2 of Bs, and a half-warp's 16 float4 reads of Bs
+// cover 256 consecutive bytes (no bank conflict).
+template <int TILE>
+__device__ __forceinline__ int owned(int i, int t) {
+    return (i < 4 ? 0 : TILE / 2) + t * 4 + i % 4;
 }
 
-// Writes a fetched quad into the shared tile (rows of LD floats): as a row, tile[r][c..c+3]
-// (one float4 store), or transposed, tile[c..c+3][r] (4 stores).
-template <int LD, bool TRANSPOSE>
-__device__ __forceinline__ void store_quad(const Quad& quad, int row0, int col0, float* tile) {
-    int r = quad.row - row0, c = quad.col - col0;
-    if (TRANSPOSE) {
-        for (int i = 0; i < 4; ++i) tile[(c + i) * LD + r] = quad.value[i];
-    } else {
-        *reinterpret_cast<float4*>(&tile[r * LD + c]) =
-            make_float4(quad.value[0], quad.value[1], quad.value[2], quad.value[3]);
-    }
-}
-
-// v4 and v5 fetch the next tiles of A and B into registers (a Quad each), then store them.
-template <bool TRANS_A, bool TRANS_B, int BM, int BN, int BK>
-struct TileQuads {
-    Quad a, b;
-
-    __device__ __forceinline__ void fetch(const float* A, const float* B, int M, int N, int K,
-                                          int m0, int n0, int k0, int thread, bool vector_a,
-                                          bool vector_b) {
-        if (TRANS_A) a = fetch_quad<BM>(A, K, M, k0, m0, thread, vector_a);
-        else a = fetch_quad<BK>(A, M, K, m0, k0, thread, vector_a);
-        if (TRANS_B) b = fetch_quad<BK>(B, N, K, n0, k0, thread, vector_b);
-        else b = fetch_quad<BN>(B, K, N, k0, n0, thread, vector_b);
-    }
-
-    template <int LDA, int LDB>
-    __device__ __forceinline__ void store(int m0, int n0, int k0, float* As, float* Bs) const {
-        if (TRANS_A) store_quad<LDA, false>(a, k0, m0, As);
-        else store_quad<LDA, true>(a, m0, k0, As);
-        if (TRANS_B) store_quad<LDB, true>(b, n0, k0, Bs);
-        else store_quad<LDB, false>(b, k0, n0, Bs);
-    }
-};
-
-// ================================ kernels ================================
-
-// ---- v1: one thread per element of C ----
-template <bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void sgemm_v1(int M, int N, int K, const float* A, const float* B,
-                                         float* C) {
-    int n = blockIdx.x * 16 + threadIdx.x;  // threadIdx.x along n: a warp reads B's rows
-    int m = blockIdx.y * 16 + threadIdx.y;  // contiguously (nn) and writes C contiguously
-    if (m >= M || n >= N) return;
-    float sum = 0.0f;
-    for (int k = 0; k < K; ++k)
-        sum += element_a<TRANS_A>(A, M, K, m, k) * element_b<TRANS_B>(B, K, N, k, n);
-    C[m * N + n] = sum;
-}
-
-// ---- v2: 16x16 tiles of A and B in shared memory ----
-template <bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void sgemm_v2(int M, int N, int K, const float* A, const float* B,
-                                         float* C) {
-    constexpr int TILE = 16, LD = TILE + 1;  // +1: a transposed store hits 16 different banks
-    __shared__ float As[TILE * LD];          // As[k][m]
-    __shared__ float Bs[TILE * LD];          // Bs[k][n]
-    int tx = threadIdx.x, ty = threadIdx.y, thread = ty * TILE + tx;
-    int m0 = blockIdx.y * TILE, n0 = blockIdx.x * TILE;
-    float sum = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += TILE) {
-        load_tiles<TRANS_A, TRANS_B, TILE, TILE, TILE, TILE * TILE, LD, LD>(
-            A, B, M, N, K, m0, n0, k0, As, Bs, thread);
-        __syncthreads();  // the tiles are complete
-#pragma unroll
-        for (int k = 0; k < TILE; ++k) sum += As[k * LD + ty] * Bs[k * LD + tx];
-        __syncthreads();  // everyone is done with the tiles before they are overwritten
-    }
-    if (m0 + ty < M && n0 + tx < N) C[(m0 + ty) * N + n0 + tx] = sum;
-}
-
-// ---- v3: 64x64 tile per block, 4x4 per thread in registers ----
-template <bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void sgemm_v3(int M, int N, int K, const float* A, const float* B,
-                                         float* C) {
-    constexpr int BM = 64, BN = 64, BK = 8, THREADS = 256;
-    constexpr int LDA = BM + 4;  // As[k][m]; +4 makes the transposed stores conflict-free
-    constexpr int LDB = BN + 4;
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
-    int thread = threadIdx.x;
-    // The thread's 4x4 elements are strided by 16: rows ty + 16 i, columns tx + 16 j. Then the
-    // 16 threads of a half-warp read 16 consecutive floats of Bs (no bank conflict) and write
-    // 16 consecutive floats of C.
-    int tx = thread % 16, ty = thread / 16;
-    int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    float sum[4][4] = {};
-    for (int k0 = 0; k0 < K; k0 += BK) {
-        load_tiles<TRANS_A, TRANS_B, BM, BN, BK, THREADS, LDA, LDB>(
-            A, B, M, N, K, m0, n0, k0, As, Bs, thread);
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            float a[4], b[4];
-            for (int i = 0; i < 4; ++i) a[i] = As[k * LDA + ty + 16 * i];
-            for (int j = 0; j < 4; ++j) b[j] = Bs[k * LDB + tx + 16 * j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) sum[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty + 16 * i;
-        for (int j = 0; j < 4; ++j) {
-            int n = n0 + tx + 16 * j;
-            if (m < M && n < N) C[m * N + n] = sum[i][j];
-        }
-    }
-}
-
-// ---- v4 and v5 share the tile geometry, the inner product and the store of C ----
-// Block tile 128x128, BK = 8, 256 threads as 16 x 16, each thread 8x8 of C. Thread (tx, ty)
-// owns rows {ty*4 + i, 64 + ty*4 + i} and columns {tx*4 + j, 64 + tx*4 + j}, i, j < 4: two
-// groups of 4 consecutive floats in each direction, so its operands are 2 float4 reads of As
-// and 2 of Bs, and a half-warp's 16 float4 reads of Bs cover 256 consecutive bytes.
-constexpr int BIG_BM = 128, BIG_BN = 128, BIG_BK = 8, BIG_THREADS = 256;
-constexpr int BIG_LDA = BIG_BM + 4;  // +4 floats: the transposed stores hit 32 different banks,
-constexpr int BIG_LDB = BIG_BN + 4;  // and every row still starts on a 16-byte boundary
-static_assert(BIG_BM * BIG_BK == 4 * BIG_THREADS && BIG_BN * BIG_BK == 4 * BIG_THREADS,
-              "v4/v5 load a tile with one quad (4 floats) per thread");
-static_assert(BIG_BM == 16 * 8 && BIG_BN == 16 * 8, "16 x 16 threads of 8 x 8 elements");
-
-// sum[i][j] += As[k][my rows] * Bs[k][my columns] over the BK steps of a loaded tile
-__device__ __forceinline__ void multiply_tile(const float* As, const float* Bs, int tx, int ty,
-                                              float sum[8][8]) {
-#pragma unroll
-    for (int k = 0; k < BIG_BK; ++k) {
-        float4 a0 = *reinterpret_cast<const float4*>(&As[k * BIG_LDA + ty * 4]);
-        float4 a1 = *reinterpret_cast<const float4*>(&As[k * BIG_LDA + 64 + ty * 4]);
-        float4 b0 = *reinterpret_cast<const float4*>(&Bs[k * BIG_LDB + tx * 4]);
-        float4 b1 = *reinterpret_cast<const float4*>(&Bs[k * BIG_LDB + 64 + tx * 4]);
-        float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-        float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-        for (int i = 0; i < 8; ++i)
-            for (int j = 0; j < 8; ++j) sum[i][j] += a[i] * b[j];
-    }
-}
-
-// C[my rows][my columns] = sum: float4 stores where the rows of C are 16-byte aligned
+// C[my rows][my columns] = sum; with VECTOR, float4 stores where the rows of C are aligned
+template <int BM, int BN, bool VECTOR>
 __device__ __forceinline__ void store_c(float* C, int M, int N, int m0, int n0, int tx, int ty,
                                         const float sum[8][8]) {
-    bool vectorized = N % 4 == 0 && aligned_16_bytes(C);
+    bool vectorized = VECTOR && N % 4 == 0 && aligned_16_bytes(C);
     for (int i = 0; i < 8; ++i) {
-        int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+        int m = m0 + owned<BM>(i, ty);
         if (m >= M) break;  // the rows increase with i
         for (int half = 0; half < 2; ++half) {
-            int n = n0 + half * 64 + tx * 4;
+            int n = n0 + owned<BN>(4 * half, tx);
             const float* v = &sum[i][half * 4];
             if (vectorized && n < N) {  // N % 4 == 0: then n + 3 < N too
                 *reinterpret_cast<float4*>(&C[m * N + n]) = make_float4(v[0], v[1], v[2], v[3]);
@@ -280,73 +152,269 @@ __device__ __forceinline__ void store_c(float* C, int M, int N, int m0, int n0, 
     }
 }
 
-// Whether each operand can be read with float4: its stored rows are a multiple of 4 floats long
-// and the matrix starts on a 16-byte boundary (batch offset included).
-template <bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void vector_loads(int M, int N, int K, const float* A, const float* B,
-                                             bool& vector_a, bool& vector_b) {
-    vector_a = (TRANS_A ? M : K) % 4 == 0 && aligned_16_bytes(A);
-    vector_b = (TRANS_B ? K : N) % 4 == 0 && aligned_16_bytes(B);
+// v6 to v8 load a tile as quads: 4 consecutive floats of a stored row, one float4 where the
+// rows are aligned. A tile of (ROWS, COLS) in the stored layout has ROWS * COLS / 4 quads;
+// quad q starts at row q / (COLS / 4), column q % (COLS / 4) * 4, and thread t reads quads
+// t, t + THREADS, ... (consecutive threads along a row: coalesced).
+template <int ROWS, int COLS, int THREADS>
+struct QuadTile {
+    static constexpr int PER_THREAD = ROWS * COLS / 4 / THREADS;
+    static_assert(PER_THREAD >= 1 && PER_THREAD * 4 * THREADS == ROWS * COLS,
+                  "a tile is a whole number of quads per thread");
+    float value[PER_THREAD][4];
+
+    // From a matrix stored with rows of `ld` floats; zeros outside rows < row_end and
+    // columns < col_end. `vectorized`: the caller checked that the rows are 16-byte aligned and
+    // col0, col_end are multiples of 4, so a quad is all inside or all outside.
+    __device__ __forceinline__ void fetch(const float* source, int row_end, int col_end, int ld,
+                                          int row0, int col0, int thread, bool vectorized) {
+        for (int q = 0; q < PER_THREAD; ++q) {
+            int quad = thread + q * THREADS;
+            int row = row0 + quad / (COLS / 4), col = col0 + quad % (COLS / 4) * 4;
+            const float* start = source + (long long)row * ld + col;
+            if (vectorized) {
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (row < row_end && col < col_end) v = *reinterpret_cast<const float4*>(start);
+                value[q][0] = v.x; value[q][1] = v.y; value[q][2] = v.z; value[q][3] = v.w;
+            } else {
+                for (int i = 0; i < 4; ++i)
+                    value[q][i] = (row < row_end && col + i < col_end) ? start[i] : 0.0f;
+            }
+        }
+    }
+
+    // Into shared memory with rows of LD floats: as stored, tile[r][c..c+3] (one float4
+    // store), or TRANSPOSE'd, tile[c..c+3][r] (4 stores).
+    template <int LD, bool TRANSPOSE>
+    __device__ __forceinline__ void store(float* tile, int thread) const {
+        for (int q = 0; q < PER_THREAD; ++q) {
+            int quad = thread + q * THREADS;
+            int r = quad / (COLS / 4), c = quad % (COLS / 4) * 4;
+            if (TRANSPOSE) {
+                for (int i = 0; i < 4; ++i) tile[(c + i) * LD + r] = value[q][i];
+            } else {
+                *reinterpret_cast<float4*>(&tile[r * LD + c]) =
+                    make_float4(value[q][0], value[q][1], value[q][2], value[q][3]);
+            }
+        }
+    }
+};
+
+// The next tiles of opA(A) and opB(B), in registers between their global loads and their
+// stores to shared memory as As[k][m] and Bs[k][n]. k runs up to k_end (a split's end).
+template <bool TRANS_A, bool TRANS_B, int BM, int BN, int BK, int THREADS>
+struct NextTiles {
+    QuadTile<TRANS_A ? BK : BM, TRANS_A ? BM : BK, THREADS> a;  // in A's stored layout
+    QuadTile<TRANS_B ? BN : BK, TRANS_B ? BK : BN, THREADS> b;
+
+    __device__ __forceinline__ void fetch(const float* A, const float* B, int M, int N, int K,
+                                          int k_end, int m0, int n0, int k0, int thread,
+                                          bool vector_a, bool vector_b) {
+        if (TRANS_A) a.fetch(A, k_end, M, M, k0, m0, thread, vector_a);  // stored (K, M)
+        else a.fetch(A, M, k_end, K, m0, k0, thread, vector_a);          // stored (M, K)
+        if (TRANS_B) b.fetch(B, N, k_end, K, n0, k0, thread, vector_b);  // stored (N, K)
+        else b.fetch(B, k_end, N, N, k0, n0, thread, vector_b);          // stored (K, N)
+    }
+
+    template <int LDA, int LDB>
+    __device__ __forceinline__ void store(float* As, float* Bs, int thread) const {
+        a.template store<LDA, !TRANS_A>(As, thread);
+        b.template store<LDB, TRANS_B>(Bs, thread);
+    }
+};
+
+// sum[i][j] += As[k][my rows] * Bs[k][my columns] over the BK steps of a loaded tile
+template <int BM, int BN, int BK, int LDA, int LDB>
+__device__ __forceinline__ void multiply_tile(const float* As, const float* Bs, int tx, int ty,
+                                              float sum[8][8]) {
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+        float4 a0 = *reinterpret_cast<const float4*>(&As[k * LDA + ty * 4]);
+        float4 a1 = *reinterpret_cast<const float4*>(&As[k * LDA + BM / 2 + ty * 4]);
+        float4 b0 = *reinterpret_cast<const float4*>(&Bs[k * LDB + tx * 4]);
+        float4 b1 = *reinterpret_cast<const float4*>(&Bs[k * LDB + BN / 2 + tx * 4]);
+        float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        for (int i = 0; i < 8; ++i)
+            for (int j = 0; j < 8; ++j) sum[i][j] += a[i] * b[j];
+    }
 }
 
-// ---- v4: 128x128 tiles, 8x8 per thread, float4 loads ----
+// ================================ kernels ================================
+
+// ---- v1: naive, one thread per element of C, threadIdx.x along m ----
+template <bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void sgemm_v1(int M, int N, int K, const float* A, const float* B,
+                                         float* C) {
+    int m = blockIdx.y * 16 + threadIdx.x;  // neighbours in a warp: neighbouring rows of C,
+    int n = blockIdx.x * 16 + threadIdx.y;  // N floats apart in memory
+    if (m >= M || n >= N) return;
+    float sum = 0.0f;
+    for (int k = 0; k < K; ++k)
+        sum += element_a<TRANS_A>(A, M, K, m, k) * element_b<TRANS_B>(B, K, N, k, n);
+    C[m * N + n] = sum;
+}
+
+// ---- v2: + coalescing, threadIdx.x along n ----
+template <bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void sgemm_v2(int M, int N, int K, const float* A, const float* B,
+                                         float* C) {
+    int n = blockIdx.x * 16 + threadIdx.x;  // neighbours in a warp: neighbouring columns, so
+    int m = blockIdx.y * 16 + threadIdx.y;  // B's rows (nn) and C's rows are read contiguously
+    if (m >= M || n >= N) return;
+    float sum = 0.0f;
+    for (int k = 0; k < K; ++k)
+        sum += element_a<TRANS_A>(A, M, K, m, k) * element_b<TRANS_B>(B, K, N, k, n);
+    C[m * N + n] = sum;
+}
+
+// ---- v3: + 16x16 tiles of A and B in shared memory ----
+template <bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void sgemm_v3(int M, int N, int K, const float* A, const float* B,
+                                         float* C) {
+    constexpr int TILE = 16, LD = TILE + 1;  // +1: a transposed store hits 16 different banks
+    __shared__ float As[TILE * LD];          // As[m][k]
+    __shared__ float Bs[TILE * LD];          // Bs[k][n]
+    int tx = threadIdx.x, ty = threadIdx.y, thread = ty * TILE + tx;
+    int m0 = blockIdx.y * TILE, n0 = blockIdx.x * TILE;
+    float sum = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += TILE) {
+        load_tiles<TRANS_A, TRANS_B, TILE, TILE, TILE, TILE * TILE, LD, LD>(
+            A, B, M, N, K, m0, n0, k0, As, Bs, thread);
+        __syncthreads();  // the tiles are complete
+#pragma unroll
+        for (int k = 0; k < TILE; ++k) sum += As[ty * LD + k] * Bs[k * LD + tx];
+        __syncthreads();  // everyone is done with the tiles before they are overwritten
+    }
+    if (m0 + ty < M && n0 + tx < N) C[(m0 + ty) * N + n0 + tx] = sum;
+}
+
+// ---- v4: + 1-D register blocking, 64x64 tile, 8 elements of a column of C per thread ----
 template <bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void sgemm_v4(int M, int N, int K, const float* A, const float* B,
                                          float* C) {
-    alignas(16) __shared__ float As[BIG_BK * BIG_LDA];  // As[k][m]
-    alignas(16) __shared__ float Bs[BIG_BK * BIG_LDB];  // Bs[k][n]
-    int thread = threadIdx.x, tx = thread % 16, ty = thread / 16;
-    int m0 = blockIdx.y * BIG_BM, n0 = blockIdx.x * BIG_BN;
-    bool vector_a, vector_b;
-    vector_loads<TRANS_A, TRANS_B>(M, N, K, A, B, vector_a, vector_b);
-    float sum[8][8] = {};
-    TileQuads<TRANS_A, TRANS_B, BIG_BM, BIG_BN, BIG_BK> quads;
-    for (int k0 = 0; k0 < K; k0 += BIG_BK) {
-        quads.fetch(A, B, M, N, K, m0, n0, k0, thread, vector_a, vector_b);
-        quads.template store<BIG_LDA, BIG_LDB>(m0, n0, k0, As, Bs);
+    constexpr int BM = 64, BN = 64, BK = 8, TM = 8, THREADS = BM * BN / TM;  // 512
+    constexpr int LDA = BK + 1;  // As[m][k]; +1: the transposed stores (tn) hit different banks
+    constexpr int LDB = BN;      // Bs[k][n]
+    __shared__ float As[BM * LDA];
+    __shared__ float Bs[BK * LDB];
+    int thread = threadIdx.x;
+    int col = thread % BN, row = thread / BN * TM;  // my column, and the first of my 8 rows: a
+    int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;  // warp shares its rows (broadcast reads)
+    float sum[TM] = {};
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        load_tiles<TRANS_A, TRANS_B, BM, BN, BK, THREADS, LDA, LDB>(
+            A, B, M, N, K, m0, n0, k0, As, Bs, thread);
         __syncthreads();
-        multiply_tile(As, Bs, tx, ty, sum);
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float b = Bs[k * LDB + col];  // one shared load, reused for 8 multiply-adds
+            for (int i = 0; i < TM; ++i) sum[i] += As[(row + i) * LDA + k] * b;
+        }
         __syncthreads();
     }
-    store_c(C, M, N, m0, n0, tx, ty, sum);
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + row + i, n = n0 + col;
+        if (m < M && n < N) C[m * N + n] = sum[i];
+    }
 }
 
-// ---- v5: v4 with two shared buffers, the next tile loading while this one is used ----
+// ---- v5: + 2-D register blocking, 128x128 tile, an 8x8 block of C per thread ----
 template <bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void sgemm_v5(int M, int N, int K, const float* A, const float* B,
                                          float* C) {
-    alignas(16) __shared__ float As[2][BIG_BK * BIG_LDA];
-    alignas(16) __shared__ float Bs[2][BIG_BK * BIG_LDB];
+    constexpr int BM = 128, BN = 128, BK = 8, THREADS = 256;
+    constexpr int LDA = BK + 1, LDB = BN + 4;  // As[m][k], Bs[k][n]
+    __shared__ float As[BM * LDA];
+    __shared__ float Bs[BK * LDB];
     int thread = threadIdx.x, tx = thread % 16, ty = thread / 16;
-    int m0 = blockIdx.y * BIG_BM, n0 = blockIdx.x * BIG_BN;
-    bool vector_a, vector_b;
-    vector_loads<TRANS_A, TRANS_B>(M, N, K, A, B, vector_a, vector_b);
+    int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float sum[8][8] = {};
-    TileQuads<TRANS_A, TRANS_B, BIG_BM, BIG_BN, BIG_BK> quads;
-    quads.fetch(A, B, M, N, K, m0, n0, 0, thread, vector_a, vector_b);
-    quads.template store<BIG_LDA, BIG_LDB>(m0, n0, 0, As[0], Bs[0]);
-    __syncthreads();
-    int buffer = 0;
-    for (int k0 = 0; k0 < K; k0 += BIG_BK) {
-        bool more = k0 + BIG_BK < K;
-        // Issue the next tile's global loads first: they complete while we compute.
-        if (more) quads.fetch(A, B, M, N, K, m0, n0, k0 + BIG_BK, thread, vector_a, vector_b);
-        multiply_tile(As[buffer], Bs[buffer], tx, ty, sum);
-        // The other buffer was last read in the previous step, before its __syncthreads.
-        if (more) quads.template store<BIG_LDA, BIG_LDB>(m0, n0, k0 + BIG_BK,
-                                                         As[1 - buffer], Bs[1 - buffer]);
-        __syncthreads();  // the next tile is complete, and nobody reads this one any more
-        buffer = 1 - buffer;
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        load_tiles<TRANS_A, TRANS_B, BM, BN, BK, THREADS, LDA, LDB>(
+            A, B, M, N, K, m0, n0, k0, As, Bs, thread);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float a[8], b[8];  // 16 shared loads feed 64 multiply-adds
+            for (int i = 0; i < 8; ++i) a[i] = As[owned<BM>(i, ty) * LDA + k];
+            for (int j = 0; j < 8; ++j) b[j] = Bs[k * LDB + owned<BN>(j, tx)];
+            for (int i = 0; i < 8; ++i)
+                for (int j = 0; j < 8; ++j) sum[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
     }
-    store_c(C, M, N, m0, n0, tx, ty, sum);
+    store_c<BM, BN, false>(C, M, N, m0, n0, tx, ty, sum);
+}
+
+// ---- v6, v7 and v8: one template. A BM x BN tile per block of (BM/8)(BN/8) threads, an 8x8
+// block of C per thread, float4 loads, As[k][m]; over k in [k_begin, k_end) (all of K for v6
+// and v7, one split's range for v8); DOUBLE_BUFFER (v7, v8): the next tile loads while this
+// one is multiplied.
+template <bool TRANS_A, bool TRANS_B, int BM, int BN, bool DOUBLE_BUFFER>
+__device__ __forceinline__ void sgemm_tiled(int M, int N, int K, const float* A, const float* B,
+                                            float* C, int k_begin, int k_end) {
+    constexpr int BK = 8, THREADS = BM / 8 * BN / 8, BUFFERS = DOUBLE_BUFFER ? 2 : 1;
+    constexpr int LDA = BM + 4;  // +4 floats: the transposed stores hit different banks, and
+    constexpr int LDB = BN + 4;  // every row still starts on a 16-byte boundary
+    alignas(16) __shared__ float As[BUFFERS][BK * LDA];  // As[k][m]
+    alignas(16) __shared__ float Bs[BUFFERS][BK * LDB];  // Bs[k][n]
+    int thread = threadIdx.x, tx = thread % (BN / 8), ty = thread / (BN / 8);
+    int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    // float4 loads where the stored rows are a multiple of 4 floats long and the matrix starts
+    // on a 16-byte boundary (batch offset included); k_begin is a multiple of 8
+    bool vector_a = (TRANS_A ? M : K) % 4 == 0 && aligned_16_bytes(A);
+    bool vector_b = (TRANS_B ? K : N) % 4 == 0 && aligned_16_bytes(B);
+    float sum[8][8] = {};
+    NextTiles<TRANS_A, TRANS_B, BM, BN, BK, THREADS> next;
+    if (!DOUBLE_BUFFER) {  // v6: load, wait, multiply, wait
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            next.fetch(A, B, M, N, K, k_end, m0, n0, k0, thread, vector_a, vector_b);
+            next.template store<LDA, LDB>(As[0], Bs[0], thread);
+            __syncthreads();
+            multiply_tile<BM, BN, BK, LDA, LDB>(As[0], Bs[0], tx, ty, sum);
+            __syncthreads();
+        }
+    } else {  // v7, v8
+        next.fetch(A, B, M, N, K, k_end, m0, n0, k_begin, thread, vector_a, vector_b);
+        next.template store<LDA, LDB>(As[0], Bs[0], thread);
+        __syncthreads();
+        int buffer = 0;
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            bool more = k0 + BK < k_end;
+            // Issue the next tile's global loads first: they complete while we compute.
+            if (more) next.fetch(A, B, M, N, K, k_end, m0, n0, k0 + BK, thread, vector_a, vector_b);
+            multiply_tile<BM, BN, BK, LDA, LDB>(As[buffer], Bs[buffer], tx, ty, sum);
+            // The other buffer was last read in the previous step, before its __syncthreads.
+            if (more) next.template store<LDA, LDB>(As[1 - buffer], Bs[1 - buffer], thread);
+            __syncthreads();  // the next tile is complete, and nobody reads this one any more
+            buffer = 1 - buffer;
+        }
+    }
+    store_c<BM, BN, true>(C, M, N, m0, n0, tx, ty, sum);
+}
+
+// ---- v8: v7 over one split of K, the tile chosen per problem ----
+template <bool TRANS_A, bool TRANS_B, int BM, int BN>
+__device__ __forceinline__ void sgemm_v8(int M, int N, int K, const float* A, const float* B,
+                                         float* C, long long batch_stride_A,
+                                         long long batch_stride_B, long long batch_stride_C,
+                                         int splits, int k_chunk) {
+    int b = blockIdx.z / splits, split = blockIdx.z % splits;
+    A += b * batch_stride_A;
+    B += b * batch_stride_B;
+    C += blockIdx.z * batch_stride_C;  // matrix b itself when splits = 1, else a workspace slice
+    int k_begin = split * k_chunk;     // < K: cuda.py launches no empty split
+    int k_end = K - k_begin < k_chunk ? K : k_begin + k_chunk;
+    sgemm_tiled<TRANS_A, TRANS_B, BM, BN, true>(M, N, K, A, B, C, k_begin, k_end);
 }
 
 // ================================ entry points ================================
-// sgemm<VERSION, TRANS_A, TRANS_B> finds the batch's matrices (blockIdx.z) and runs the version;
-// the extern "C" kernels below only fix its template arguments. v4 and v5 promise the compiler
-// at most 256 threads per block and ask for 2 blocks per multiprocessor (__launch_bounds__): it
-// then keeps to 128 registers per thread, so that one block computes while the other waits at
-// a __syncthreads.
+// sgemm<VERSION, TRANS_A, TRANS_B> finds the batch's matrices (blockIdx.z) and runs v1..v7;
+// the extern "C" kernels below only fix template arguments. The 8x8-per-thread kernels promise
+// the compiler their block size and ask for enough resident blocks to make 512 threads per
+// multiprocessor (__launch_bounds__): it then keeps to 128 registers per thread, so that one
+// block computes while another waits at a __syncthreads.
 template <int VERSION, bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void sgemm(int M, int N, int K, const float* A, const float* B,
                                       float* C, long long batch_stride_A,
@@ -359,6 +427,23 @@ __device__ __forceinline__ void sgemm(int M, int N, int K, const float* A, const
     if (VERSION == 3) sgemm_v3<TRANS_A, TRANS_B>(M, N, K, A, B, C);
     if (VERSION == 4) sgemm_v4<TRANS_A, TRANS_B>(M, N, K, A, B, C);
     if (VERSION == 5) sgemm_v5<TRANS_A, TRANS_B>(M, N, K, A, B, C);
+    if (VERSION == 6) sgemm_tiled<TRANS_A, TRANS_B, 128, 128, false>(M, N, K, A, B, C, 0, K);
+    if (VERSION == 7) sgemm_tiled<TRANS_A, TRANS_B, 128, 128, true>(M, N, K, A, B, C, 0, K);
+}
+
+// C[b][e] = the sum of the splits' partial products, always in the order s = 0, 1, ...
+extern "C" __global__ void splitk_reduce(const float* __restrict__ partial,
+                                         float* __restrict__ C, long long count, int batch,
+                                         int splits) {
+    long long total = count * batch;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        long long b = i / count;
+        const float* p = partial + b * splits * count + (i - b * count);
+        float sum = 0.0f;
+        for (int s = 0; s < splits; ++s) sum += p[s * count];
+        C[i] = sum;
+    }
 }
 
 extern "C" __global__ void sgemm_v1_nn(int M, int N, int K, const float* __restrict__ A,
@@ -415,21 +500,21 @@ extern "C" __global__ void sgemm_v3_tn(int M, int N, int K, const float* __restr
     sgemm<3, true, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(512)
 sgemm_v4_nn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
         long long batch_stride_B, long long batch_stride_C) {
     sgemm<4, false, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(512)
 sgemm_v4_nt(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
         long long batch_stride_B, long long batch_stride_C) {
     sgemm<4, false, true>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(512)
 sgemm_v4_tn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
         long long batch_stride_B, long long batch_stride_C) {
@@ -455,4 +540,127 @@ sgemm_v5_tn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
         long long batch_stride_B, long long batch_stride_C) {
     sgemm<5, true, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v6_nn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<6, false, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v6_nt(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<6, false, true>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v6_tn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<6, true, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v7_nn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<7, false, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v7_nt(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<7, false, true>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v7_tn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C) {
+    sgemm<7, true, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v8_128x128_nn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, false, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v8_128x128_nt(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, true, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sgemm_v8_128x128_tn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<true, false, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4)
+sgemm_v8_128x64_nn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, false, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4)
+sgemm_v8_128x64_nt(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, true, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4)
+sgemm_v8_128x64_tn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<true, false, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(64, 8)
+sgemm_v8_64x64_nn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, false, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(64, 8)
+sgemm_v8_64x64_nt(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<false, true, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(64, 8)
+sgemm_v8_64x64_tn(int M, int N, int K, const float* __restrict__ A,
+        const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
+        long long batch_stride_B, long long batch_stride_C, int splits,
+        int k_chunk) {
+    sgemm_v8<true, false, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
+                                   batch_stride_C, splits, k_chunk);
 }

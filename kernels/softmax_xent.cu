@@ -10,10 +10,12 @@
 //   S[n]         = sum_k exp(logits[n, k] - m[n])           (in [1, K]: its log is finite)
 //   probs[n, k]  = exp(logits[n, k] - m[n]) / S[n]
 //   losses[n]    = -log probs[n, label] = log S[n] - (logits[n, label] - m[n])
-//   grad_logits[n, k] = (probs[n, k] - [k = label[n]]) grad_scale
+//   grad_logits[n, k] = (probs[n, k] - [k = label[n]]) gy[0] inverse_batch
 //
-// The mean over the batch is the caller's: loss = mean(losses), and grad_scale = gy / N, with
-// gy the loss's incoming gradient (1 for loss.backward()).
+// The mean over the batch is the caller's: loss = mean(losses), and the gradient is scaled by
+// gy / N, with gy the loss's incoming gradient (1 for loss.backward()). gy is read on the
+// device, through a pointer: reading it on the host (float(gy)) would wait for every kernel
+// queued before it, a host sync in the middle of each training step.
 // A label outside [0, K) (checked in Python first) names a class of probability 0: its loss
 // is -log 0 = +inf and its one-hot row is all zeros; nothing is read out of bounds.
 // (Written -logf(0.0f): INFINITY is a math.h macro, and NVRTC, without host headers, may
@@ -95,9 +97,11 @@ extern "C" __global__ void softmax_xent_forward(const float* __restrict__ logits
 
 extern "C" __global__ void softmax_xent_backward(const float* __restrict__ probs,
                                                  const long long* __restrict__ labels,
-                                                 float grad_scale,
+                                                 const float* __restrict__ gy,
+                                                 float inverse_batch,
                                                  float* __restrict__ grad_logits, int N, int K)
 {
+    const float grad_scale = gy[0] * inverse_batch;
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         const long long label = labels[row];
         for (int k = threadIdx.x; k < K; k += blockDim.x) {

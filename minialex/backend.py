@@ -4,6 +4,8 @@ Every op asks `get_array_module(x)` for its array module instead of importing Nu
 itself, so the same forward and backward serve both devices. Devices are named "cpu" (NumPy)
 and "cuda" (CuPy). CuPy is imported lazily: importing minialex never needs it.
 """
+import sys
+
 import numpy as np
 
 DEVICES = ("cpu", "cuda")
@@ -36,18 +38,32 @@ def cupy_available():
         return False
 
 
+def _imported_cupy():
+    """The cupy module if anyone has imported it (minialex or the user, before or after
+    minialex), else None: a CuPy array can only exist once its module is in sys.modules, so
+    looking there recognises the user's arrays without importing CuPy ourselves."""
+    global _cupy
+    if _cupy is None:
+        module = sys.modules.get("cupy")
+        if module is not None and hasattr(module, "ndarray"):  # None: import blocked
+            _cupy = module
+    return _cupy
+
+
 def get_array_module(*arrays):
     """numpy, or cupy if any of `arrays` is a CuPy array (tensors are unwrapped)."""
+    cupy = _imported_cupy()
     for array in arrays:
         array = getattr(array, "data", array) if not isinstance(array, np.ndarray) else array
-        if _cupy is not None and isinstance(array, _cupy.ndarray):
-            return _cupy
+        if cupy is not None and isinstance(array, cupy.ndarray):
+            return cupy
     return np
 
 
 def device_of(array):
     """'cpu' or 'cuda' for a NumPy or CuPy array."""
-    if _cupy is not None and isinstance(array, _cupy.ndarray):
+    cupy = _imported_cupy()
+    if cupy is not None and isinstance(array, cupy.ndarray):
         return "cuda"
     return "cpu"
 
@@ -80,3 +96,11 @@ def to_device(array, device):
 def as_numpy(array):
     """A NumPy array with the same values, wherever `array` lives."""
     return to_device(array, "cpu")
+
+
+def address_of(array):
+    """The address of an array's first element: a device pointer for CuPy (what a kernel's
+    table of pointers holds), the host address for NumPy (the kernel shim's CPU runs)."""
+    pointer = getattr(array.data, "ptr", None)  # cupy.cuda.MemoryPointer
+    return int(pointer) if pointer is not None else int(array.ctypes.data)
+

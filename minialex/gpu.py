@@ -4,20 +4,25 @@ On a float32 CuPy array every op below stands in for its reference (dispatch.py,
 "cuda-kernels"). Convolution and the fully connected layer keep the reference algorithm and
 swap its steps: im2col and col2im on kernels/im2col.cu, every product on our SGEMM
 (kernels/sgemm.cu) instead of cuBLAS. Pooling, LRN, the loss, ReLU and dropout are one kernel
-each way. Float64 CuPy arrays (gradient checks) and MINIALEX_FAST=0 run the reference on CuPy's
-own functions. No GPU has measured what this buys yet (benchmarks/bench_kernels.py will).
+each way, and SGD updates every parameter in one launch (kernels/elementwise.cu).
+DevicePrefetcher copies the next batch to the GPU on a second stream while a step computes.
+Float64 CuPy arrays (gradient checks) and MINIALEX_FAST=0 run the reference on CuPy's own
+functions. No GPU has measured what this buys yet (benchmarks/bench_kernels.py will).
 
 Notation as in functions/conv.py and functions/pool.py.
 """
+import numpy as np
+
 from . import cuda, dispatch
-from .backend import get_array_module
+from .backend import _import_cupy, check_device, get_array_module
 from .functions.activation import ReLU
-from .functions.conv import Conv2d
+from .functions.conv import Conv2d, output_size
 from .functions.dropout import Dropout
 from .functions.linear import Linear
 from .functions.loss import CrossEntropy
 from .functions.lrn import LocalResponseNorm
 from .functions.pool import MaxPool2d, pool_output_size
+from .optim import SGD
 from .random import generator
 
 
@@ -41,8 +46,54 @@ def matmul(a, b):
 
 
 class Conv2dOnKernels(Conv2d):
+    """Two algorithms. Explicit: the reference's im2col, SGEMM and col2im on our kernels, the
+    columns (C KH KW x N OH OW floats) kept for backward. Implicit (kernels/conv_implicit.cu):
+    the GEMMs read the windows from x inside their tile loads, so no columns exist; backward
+    recomputes them from x. `algorithm` picks one: "explicit", "implicit", or "auto", the
+    implicit GEMM where the columns would take `implicit_from_bytes` (64 MiB) or more.
+
+    The rule is about memory, the one gain known without a GPU: at batch 128 every conv layer
+    of AlexNet has 199 to 896 MB of columns, 2.3 GB in all, which the implicit path never
+    allocates (and their writes and reads, some 10 GB of traffic per step). Which path is
+    faster, layer by layer, has not been measured: no GPU has run either yet.
+    """
     im2col, col2im = staticmethod(cuda.im2col), staticmethod(cuda.col2im)
     matmul = staticmethod(matmul)
+    algorithm = "auto"
+    implicit_from_bytes = 64 * 2**20
+
+    def uses_implicit(self, x_shape, w_shape):
+        """True if the implicit GEMM computes a convolution of these shapes (see `algorithm`)."""
+        if self.algorithm not in ("auto", "explicit", "implicit"):
+            raise ValueError(f"Conv2dOnKernels.algorithm must be 'auto', 'explicit' or "
+                             f"'implicit'; got {self.algorithm!r}")
+        (N, C, H, W), (_, _, KH, KW) = x_shape, w_shape
+        positions = output_size(H, KH, self.SH, self.PH) * output_size(W, KW, self.SW, self.PW)
+        column_bytes = 4 * C * KH * KW * N * positions  # float32
+        return self.algorithm == "implicit" or (self.algorithm == "auto"
+                                                and column_bytes >= self.implicit_from_bytes)
+
+    def forward(self, x, w, b=None):
+        self.implicit = self.uses_implicit(x.shape, w.shape)
+        if not self.implicit:
+            return super().forward(x, w, b)
+        self.x, self.w = x, w  # what backward recomputes the windows from: no columns
+        return cuda.conv_implicit_forward(x, w, b, *self._settings())
+
+    def _settings(self):
+        return (self.SH, self.SW), (self.PH, self.PW), self.G
+
+    def backward(self, gy):
+        if not self.implicit:
+            return super().backward(gy)
+        grad_x = grad_w = grad_b = None
+        if self.needs_grad[0]:
+            grad_x = cuda.conv_implicit_grad_x(gy, self.w, self.x.shape, *self._settings())
+        if any(self.needs_grad[1:]):  # dw and db come out of one product
+            grad_w, grad_b = cuda.conv_implicit_grad_w(self.x, gy, self.w.shape,
+                                                       *self._settings())
+        wants_b = len(self.needs_grad) > 2 and self.needs_grad[2]
+        return grad_x, grad_w if self.needs_grad[1] else None, grad_b if wants_b else None
 
 
 class LinearOnKernels(Linear):
@@ -81,33 +132,161 @@ class LocalResponseNormOnKernels(LocalResponseNorm):
 
 
 class CrossEntropyOnKernels(CrossEntropy):
-    """One block per row, softmax and loss fused (kernels/softmax_xent.cu)."""
+    """One block per row, softmax and loss fused (kernels/softmax_xent.cu). Backward passes
+    gy to the kernel as a device scalar: float(gy) here would be a host sync every step."""
 
     def forward(self, logits):
         self.probs, losses = cuda.softmax_xent_forward(logits, self.labels)  # (N, K), (N,)
         return losses.mean()
 
-    def backward(self, gy):  # one device-to-host copy of the scalar gy
-        return cuda.softmax_xent_backward(self.probs, self.labels, float(gy) / len(self.probs))
+    def backward(self, gy):
+        return cuda.softmax_xent_backward(self.probs, self.labels, gy)
 
 
 class ReLUOnKernels(ReLU):
-    """y and the mask in one pass (a CuPy elementwise kernel)."""
+    """y and the mask in one pass forward, gy * mask in one pass backward, one launch each
+    whatever the size (kernels/elementwise.cu)."""
 
     def forward(self, x):
         y, self.positive = cuda.relu(x)
         return y
 
+    def backward(self, gy):
+        return cuda.relu_backward(gy, self.positive)
+
+
+# The GPU dropout's random stream (kernels/elementwise.cu, dropout_forward): a seed and the
+# count of numbers drawn so far. Seeded from the CPU generator at first use, as the CuPy
+# generator of random.py is, and again after every manual_seed (which replaces that
+# generator); dropout_state() and set_dropout_state() put it in a checkpoint.
+_dropout_stream = {"seed": None, "offset": 0, "seeded_from": None}
+
+
+def dropout_state():
+    """The GPU dropout's random state, {"seed": int, "offset": int}, JSON-safe."""
+    _seed_dropout_stream()
+    return {"seed": _dropout_stream["seed"], "offset": _dropout_stream["offset"]}
+
+
+def set_dropout_state(state):
+    """Continue the GPU dropout masks from a state that dropout_state() returned."""
+    seed, offset = state["seed"], state["offset"]
+    for name, value in (("seed", seed), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise ValueError(f"set_dropout_state: {name} must be an int in [0, 2^63); got "
+                             f"{value!r}")
+    # no draw from the CPU generator here: a resumed run has just restored its state
+    _dropout_stream.update(seed=seed, offset=offset, seeded_from=generator())
+
+
+def _seed_dropout_stream():
+    cpu = generator()
+    if _dropout_stream["seeded_from"] is not cpu:  # first use, or manual_seed since
+        _dropout_stream.update(seed=int(cpu.integers(2**62)), offset=0, seeded_from=cpu)
+
 
 class DropoutOnKernels(Dropout):
-    """The mask and the product in one pass, from the same uniform draw as the reference."""
+    """The draw, the mask and the product in one pass (kernels/elementwise.cu)."""
 
     def forward(self, x):
         if not self.training or self.p in (0, 1):
             return super().forward(x)
-        uniform = generator(get_array_module(x)).random(x.shape, dtype=x.dtype)
-        y, self.mask = cuda.dropout(x, uniform, self.p)
+        _seed_dropout_stream()
+        offset = _dropout_stream["offset"]
+        _dropout_stream["offset"] = (offset + x.size) % 2**62
+        y, self.mask = cuda.dropout(x, self.p, _dropout_stream["seed"], offset)
         return y
+
+
+class SGDOnKernels(SGD):
+    """Every parameter's update in one launch (kernels/elementwise.cu, sgd_multi_tensor),
+    instead of six CuPy passes per parameter."""
+
+    def apply(self, updates):
+        on_kernels = [update for update in updates if all(
+            cuda.uses_kernels(a) and a.flags.c_contiguous for a in update if a is not None)]
+        cuda.sgd_multi_tensor(on_kernels, self.lr, self.momentum, self.weight_decay)
+        super().apply([update for update in updates  # any other (a strided gradient): CuPy's
+                       if not any(update is other for other in on_kernels)])
+
+
+# --------------------------------------------------------------------------------------------
+# Batches to the GPU while the previous step computes
+
+class DevicePrefetcher:
+    """Iterate over (x, labels) host batches as (x on `device`, labels on the host, labels on
+    `device`), each batch's copy overlapped with the compute of the batch before it.
+
+    On the CPU the batches pass through unchanged. On the GPU, each batch is put into a pinned
+    (page-locked) host buffer, the only memory a copy engine can read while the host goes on,
+    and copied with `ndarray.set(..., stream=copy_stream)` on a second stream: the copy of
+    batch i+1 is issued before batch i is handed out, so it runs while step i computes. No
+    host sync orders the two streams; events do (CUDA C Programming Guide, "Asynchronous
+    Concurrent Execution", "Events"):
+      - before a copy, the copy stream waits on an event recorded on the compute stream: the
+        device buffer comes from the compute stream's memory pool and may still be read by
+        kernels queued there;
+      - before a batch is handed out, the compute stream waits on the event recorded after
+        its copy.
+    A pinned buffer is reused `depth` batches later; the host waits on that old copy's event
+    (long done by then), which bounds how far the host may run ahead of the copies.
+    """
+
+    def __init__(self, batches, device, depth=3):
+        self.batches, self.device, self.depth = batches, check_device(device), depth
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        if self.device == "cpu":
+            for x, labels in self.batches:
+                yield x, labels, labels
+            return
+        cupy = _import_cupy()
+        compute_stream = cupy.cuda.get_current_stream()
+        copy_stream = cupy.cuda.Stream(non_blocking=True)
+        slots = [None] * self.depth  # per ring slot: (pinned host arrays, event of their copy)
+        pending = None
+        for index, (x, labels) in enumerate(self.batches):
+            staged = self._issue_copy(cupy, index % self.depth, slots, (x, labels),
+                                      compute_stream, copy_stream)
+            if pending is not None:
+                yield self._hand_out(pending, compute_stream)
+            pending = staged
+        if pending is not None:
+            yield self._hand_out(pending, compute_stream)
+
+    @staticmethod
+    def _issue_copy(cupy, slot, slots, host_arrays, compute_stream, copy_stream):
+        if slots[slot] is not None:
+            slots[slot][1].synchronize()  # the copy `depth` batches ago: its buffer is free
+        pinned = [_pinned_like(cupy, array, slots[slot][0][i] if slots[slot] else None)
+                  for i, array in enumerate(host_arrays)]
+        for buffer, array in zip(pinned, host_arrays):
+            buffer[...] = array
+        device_arrays = [cupy.empty(array.shape, array.dtype) for array in host_arrays]
+        copy_stream.wait_event(compute_stream.record())
+        for device_array, buffer in zip(device_arrays, pinned):
+            device_array.set(buffer, stream=copy_stream)
+        copied = copy_stream.record()
+        slots[slot] = (pinned, copied)
+        return host_arrays, device_arrays, copied
+
+    @staticmethod
+    def _hand_out(pending, compute_stream):
+        (x, labels), (x_device, labels_device), copied = pending
+        compute_stream.wait_event(copied)
+        return x_device, labels, labels_device
+
+
+def _pinned_like(cupy, array, previous):
+    """A NumPy array in pinned host memory with array's shape and dtype (previous if it fits)."""
+    array = np.asarray(array)
+    if previous is not None and previous.shape == array.shape and previous.dtype == array.dtype:
+        return previous
+    memory = cupy.cuda.alloc_pinned_memory(max(array.nbytes, 1))
+    return np.frombuffer(memory, array.dtype, array.size).reshape(array.shape)
 
 
 def _on_kernels(reference, stand_in, applies=lambda op, x: True):
@@ -126,3 +305,4 @@ _on_kernels(LocalResponseNorm, LocalResponseNormOnKernels)
 _on_kernels(CrossEntropy, CrossEntropyOnKernels)
 _on_kernels(ReLU, ReLUOnKernels)
 _on_kernels(Dropout, DropoutOnKernels)
+_on_kernels(SGD, SGDOnKernels)

@@ -54,6 +54,18 @@ def test_compiles_to_ptx_without_warnings(path, arch, tmp_path):
     assert not missing, f"kernels missing from the PTX under their C names: {missing}"
 
 
+def test_the_tf32_sgemm_is_on_tensor_cores(tmp_path):
+    """kernels/sgemm_tf32.cu (off by default) compiles to TF32 mma instructions for sm_80 (the
+    shim runs stand-ins for them instead: test_kernels_sgemm.py)."""
+    path, ptx_path = ROOT / "kernels" / "sgemm_tf32.cu", tmp_path / "sgemm_tf32.ptx"
+    result = subprocess.run([nvcc(), "-arch=sm_80", "-ptx", "-std=c++17", "-o", str(ptx_path),
+                             str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ptx = ptx_path.read_text()
+    assert ptx.count("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32") >= 3 * 16
+    assert "cvt.rna.tf32.f32" in ptx
+
+
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
 def test_has_no_include(path):
     # NVRTC has no C library headers; everything a kernel needs is built in

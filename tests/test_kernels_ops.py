@@ -286,7 +286,7 @@ def check_softmax_xent(geometry, logits, labels, gy=1.0):
 
     grad = np.full((N, K), np.nan, dtype=np.float32)
     launch("softmax_xent.cu", "softmax_xent_backward", geometry, probs=probs, labels=labels,
-           grad_scale=gy / N, grad_logits=grad, N=N, K=K)
+           gy=np.array([gy], np.float32), inverse_batch=1 / N, grad_logits=grad, N=N, K=K)
     expected_grad = reference.backward(np.asarray(gy, dtype=np.float64))
     assert_close(grad, expected_grad, atol=1e-7, rtol=1e-5, what="softmax_xent_backward")
 
@@ -323,5 +323,5 @@ def test_softmax_xent_label_out_of_range_gives_an_infinite_loss_and_reads_nothin
     assert np.isposinf(losses).all()
     grad = np.zeros((2, 4), dtype=np.float32)
     launch("softmax_xent.cu", "softmax_xent_backward", "documented", probs=probs, labels=labels,
-           grad_scale=1.0, grad_logits=grad, N=2, K=4)
+           gy=np.ones(1, np.float32), inverse_batch=1.0, grad_logits=grad, N=2, K=4)
     np.testing.assert_array_equal(grad, probs)  # no one-hot entry to subtract

@@ -120,10 +120,8 @@ def _label_array(labels, logits):
     """labels as an integer array on the logits' device, checked against the logits' shape."""
     if isinstance(labels, Tensor):
         labels = labels.data
-    device = device_of(logits.data)
-    if device_of(labels) != device:
-        labels = to_device(labels, device)
-    labels = get_array_module(logits.data).asarray(labels)
+    # checked where the labels are, before they move: on the host that costs no device sync
+    labels = get_array_module(labels).asarray(labels)
     n, k = logits.shape
     if labels.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: labels must be integers (class indices), got dtype "
@@ -133,12 +131,14 @@ def _label_array(labels, logits):
                          f"{tuple(labels.shape)}")
     if labels.shape[0] != n:
         raise ValueError(f"cross_entropy: {labels.shape[0]} labels for a batch of {n} logits")
-    low, high = int(labels.min()), int(labels.max())  # one device sync on the GPU
-    for label in (low, high):
-        if not 0 <= label < k:
-            raise ValueError(f"cross_entropy: label {label} out of range for {k} classes "
-                             f"[0, {k})")
-    return labels
+    if labels.size:  # labels already on the GPU cost one device sync here
+        low, high = int(labels.min()), int(labels.max())
+        for label in (low, high):
+            if not 0 <= label < k:
+                raise ValueError(f"cross_entropy: label {label} out of range for {k} classes "
+                                 f"[0, {k})")
+    device = device_of(logits.data)
+    return labels if device_of(labels) == device else to_device(labels, device)
 
 
 def _check_logits(op, logits):
