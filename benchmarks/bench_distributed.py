@@ -69,6 +69,7 @@ import time
 
 SCRIPT = pathlib.Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
+sys.path.insert(0, str(ROOT))  # minialex from this checkout, installed or not
 CHILD_TAG = "bench_distributed child: "  # the line a child's results follow
 INSTALL_HINT = "mpi4py is not installed: pip install -e '.[distributed]'"
 NUM_CLASSES = 1000
@@ -76,6 +77,7 @@ SGD_SETTINGS = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 PAPER_GRADIENT_FLOATS = 60_965_224  # paper AlexNet, width 1: checked in the tests
 NO_ALLREDUCE = "no allreduce"  # the key of the ranks' run without their allreduce
 OVERLAPPED = "overlapped"      # the ranks' run with minialex.distributed.overlap_gradients
+INLINE = "buckets inline"      # the same buckets, sent by backward itself (thread=False)
 
 
 def parse_args(argv=None):
@@ -116,7 +118,7 @@ def parse_args(argv=None):
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-layers", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-no-allreduce", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--child-overlap", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-overlap", choices=["thread", "inline"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("batch", "steps", "series", "threads", "gpu_batch", "bandwidth_repeats"):
         if getattr(args, name) < 1:
@@ -318,7 +320,7 @@ def run_child(args):
     if comm is not None and args.child_overlap:  # buckets sent while backward runs
         from minialex import distributed
         distributed.init()
-        distributed.overlap_gradients(model)
+        distributed.overlap_gradients(model, thread=args.child_overlap == "thread")
         allreduce = OverlappedAllreduce(model)
 
     steps = []
@@ -372,7 +374,7 @@ def child_command(args, ranks, layers, no_allreduce, overlap=False):
                str(args.warmup), "--threads", str(args.threads), "--bandwidth-repeats",
                str(args.bandwidth_repeats)] + (["--child-layers"] if layers else []) + (
                    ["--child-no-allreduce"] if no_allreduce else []) + (
-                   ["--child-overlap"] if overlap else [])
+                   ["--child-overlap", overlap] if overlap else [])
     python = [sys.executable, str(SCRIPT)]
     if ranks == 1:
         return python + options
@@ -516,12 +518,15 @@ def sections(results):
     steps.append([f"{n} x {alone['threads_per_rank']}, no allreduce", f"{n} x {s['batch'] // n}",
                   f"{alone['step_ms']:.0f}", f"{alone['images_per_s']:.2f}",
                   per_series(alone), "-", "-", "-", "-"])
-    if OVERLAPPED in measured:
-        over = measured[OVERLAPPED]
-        steps.append([f"{n} x {over['threads_per_rank']}, overlapped", f"{n} x {s['batch'] // n}",
-                      f"{over['step_ms']:.0f}", f"{over['images_per_s']:.2f}",
-                      per_series(over), "during backward", "0 (in place) + small buckets",
-                      f"{over['wait_ms']:.1f}", f"{100 * over['allreduce_share']:.1f}% (wait)"])
+    for key, how in ((OVERLAPPED, "by a thread during backward"),
+                     (INLINE, "by backward, as buckets complete")):
+        if key in measured:
+            over = measured[key]
+            steps.append([f"{n} x {over['threads_per_rank']}, {key}", f"{n} x {s['batch'] // n}",
+                          f"{over['step_ms']:.0f}", f"{over['images_per_s']:.2f}",
+                          per_series(over), how, "large ones in place",
+                          f"{over['wait_ms']:.1f}",
+                          f"{100 * over['allreduce_share']:.1f}% (wait)"])
     out = [(f"Training step, {s['variant']} width {s['width']}, global batch {s['batch']} "
             f"(medians of {s['series'] * s['steps']} steps)",
             table(["ranks x threads", "batch", "step ms", "img/s",
@@ -596,16 +601,18 @@ def conclusion_lines(results):
     lines.append(f"- measured here: the allreduce is {100 * share:.1f}% of the "
                  f"{s['ranks']}-rank step ({many['allreduce_total_ms']:.0f} of "
                  f"{many['step_ms']:.0f} ms)")
-    if OVERLAPPED in results["measured"]:
-        over = results["measured"][OVERLAPPED]
-        lines.append(f"- sent during backward (overlap_gradients, buckets of 25 MB, the large "
-                     f"ones reduced in place): {over['step_ms']:.0f} ms a step against "
-                     f"{many['step_ms']:.0f} ms sent after it "
-                     f"({many['step_ms'] / over['step_ms']:.2f}x); {over['wait_ms']:.0f} ms "
-                     f"are still waited for after backward. Here the same cores that compute "
-                     f"also copy the bytes, so overlap hides the waiting and the packing, not "
-                     f"the copying; with a NIC or a GPU's copy engines it hides the transfer "
-                     f"too (the cost model's overlapped columns)")
+    if OVERLAPPED in results["measured"] and INLINE in results["measured"]:
+        over, inline = results["measured"][OVERLAPPED], results["measured"][INLINE]
+        lines.append(f"- buckets of 25 MB (the large gradients reduced in place, no packing): "
+                     f"sent by a thread during backward {over['step_ms']:.0f} ms a step, sent "
+                     f"by backward itself {inline['step_ms']:.0f} ms, against "
+                     f"{many['step_ms']:.0f} ms for one buffer after backward "
+                     f"({many['step_ms'] / over['step_ms']:.2f}x and "
+                     f"{many['step_ms'] / inline['step_ms']:.2f}x). On this machine the thread "
+                     f"has no core of its own: it takes turns with the compute, and MPICH's "
+                     f"Allreduce polls while it waits. overlap_gradients uses a thread only "
+                     f"where a core is spare; with a NIC or a GPU's copy engines overlap hides "
+                     f"the transfer itself (the cost model's overlapped columns)")
     return lines
 
 
@@ -656,9 +663,10 @@ def main(argv=None):
     # the third: the same ranks without their allreduce, so that what two processes cost each
     # other on shared cores (memory, caches) is told apart from what the communication costs
     # the fourth: the same ranks with the sums sent while backward runs (overlap_gradients)
-    configurations = {"1": (1, False, False), str(args.ranks): (args.ranks, False, False),
-                      NO_ALLREDUCE: (args.ranks, True, False),
-                      OVERLAPPED: (args.ranks, False, True)}
+    configurations = {"1": (1, False, None), str(args.ranks): (args.ranks, False, None),
+                      NO_ALLREDUCE: (args.ranks, True, None),
+                      OVERLAPPED: (args.ranks, False, "thread"),
+                      INLINE: (args.ranks, False, "inline")}
     runs = {key: [] for key in configurations}
     for index in range(args.series):
         for key, (ranks, no_allreduce, overlap) in configurations.items():
@@ -669,7 +677,7 @@ def main(argv=None):
             runs[key][-1].update(load_average_before=load, cpu_busy_before=busy)
             print(f"  series {index + 1}, {ranks} rank(s)"
                   f"{', no allreduce' if no_allreduce else ''}"
-                  f"{', overlapped' if overlap else ''}: median step "
+                  f"{f', buckets sent ({overlap})' if overlap else ''}: median step "
                   f"{median([s['step_s'] for s in runs[key][-1]['steps']]) * 1e3:.0f} ms "
                   f"({time.perf_counter() - started:.0f} s; before it: load average {load}, CPU "
                   f"{'?' if busy is None else f'{100 * busy:.0f}%'} busy)",
@@ -681,9 +689,9 @@ def main(argv=None):
                              threads_per_rank=series[0]["threads_per_rank"],
                              batch_per_rank=series[0]["batch_per_rank"])
     one = measured["1"]
-    overlapped = measured[OVERLAPPED]  # the wait is what backward did not hide
-    overlapped["allreduce_share"] = overlapped["wait_ms"] / overlapped["step_ms"]
-    for key in (str(args.ranks), NO_ALLREDUCE, OVERLAPPED):
+    for key in (OVERLAPPED, INLINE):  # the wait is what backward did not hide
+        measured[key]["allreduce_share"] = measured[key]["wait_ms"] / measured[key]["step_ms"]
+    for key in (str(args.ranks), NO_ALLREDUCE, OVERLAPPED, INLINE):
         measured[key]["speedup_vs_1_rank"] = one["step_ms"] / measured[key]["step_ms"]
     bandwidth_s = [t for series in runs[str(args.ranks)] for t in series["bandwidth_s"]]
     bandwidth = dict(bandwidth_of(median(bandwidth_s), args.ranks), seconds=bandwidth_s)

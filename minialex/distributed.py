@@ -81,8 +81,7 @@ def init():
     _comm = comm
     _watch_this_rank(comm)
     from .fast import threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads.THREADS = max(1, (cores or 1) // _local_size)
+    threads.THREADS = max(1, (_cores() or 1) // _local_size)
     try:
         from threadpoolctl import threadpool_limits
         _blas_limit = threadpool_limits(limits=threads.THREADS, user_api="blas")
@@ -238,17 +237,33 @@ def average_gradients(model):
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket: few messages, yet an early start
 
 
-def overlap_gradients(model, bucket_bytes=BUCKET_BYTES):
+def overlap_gradients(model, bucket_bytes=BUCKET_BYTES, thread=None):
     """Average the gradients while backward still runs, as PyTorch DDP does: each bucket of
     parameters is sent as soon as backward has produced all its gradients, and the sums travel
     while backward computes the earlier layers. Then average_gradients(model) only waits.
 
     Backward produces fc8's gradients first and conv1's last, and the classifier holds 96% of
     AlexNet's 244 MB of gradients, so almost all of them travel during the convolutions'
-    backward. Each parameter must get its gradient once per backward (no shared weights)."""
+    backward. Each parameter must get its gradient once per backward (no shared weights).
+
+    thread: on the CPU, whether a thread sends the buckets during backward (True), or backward
+    sends each one itself, as it completes (False). None: a thread only where the node has a
+    core to spare beyond its ranks' compute threads. Without one, the sending thread takes
+    turns on the computing cores, and MPICH's blocking Allreduce polls while it waits for the
+    other ranks: on this 2-core machine, 2 ranks with a thread took 641-680 ms a step, against
+    578-642 ms without (benchmarks/results/distributed-2-cores.md). Sent inline, the buckets
+    still save the packing and unpacking of the plain average_gradients."""
     if world_size() > 1:
-        model._gradient_buckets = GradientBuckets(list(model.parameters()), bucket_bytes)
+        if thread is None:
+            from .fast import threads
+            thread = _cores() > _local_size * threads.THREADS
+        model._gradient_buckets = GradientBuckets(list(model.parameters()), bucket_bytes,
+                                                  thread)
     return model
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def buckets_of(parameters, bucket_bytes):
@@ -269,17 +284,18 @@ class GradientBuckets:
     reverse of model.parameters()); a parameter of bucket_bytes or more is a bucket of its own,
     reduced in place in its .grad, with no copy. Buckets are sent strictly in order, so that
     every rank starts the same collectives in the same order. On the CPU, one thread sends them
-    with blocking Allreduces (mpi4py lets go of the GIL meanwhile); with NCCL, a second CUDA
-    stream does, after an event of the compute stream."""
+    with blocking Allreduces (mpi4py lets go of the GIL meanwhile), or backward itself does
+    (thread=False); with NCCL, a second CUDA stream does, after an event of the compute
+    stream."""
 
-    def __init__(self, parameters, bucket_bytes):
+    def __init__(self, parameters, bucket_bytes, thread=True):
         self.buckets = buckets_of(parameters, bucket_bytes)
         self.bucket_of = {id(p): k for k, bucket in enumerate(self.buckets) for p in bucket}
         for p in parameters:
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(self._ready)
         self._reset()
-        self._sender = None if _nccl is not None else _Sender()
+        self._sender = None if _nccl is not None else _Sender(thread)
 
     def _reset(self):
         self.ready = [set() for _ in self.buckets]
@@ -336,26 +352,34 @@ class GradientBuckets:
 
 
 class _Sender:
-    """One thread that sums buffers across ranks in order with blocking Allreduces and divides
-    them by the world size; its first error is raised again by wait()."""
+    """Sums buffers across ranks in order with blocking Allreduces and divides them by the
+    world size: on a thread of its own, whose first error wait() raises again, or at once."""
 
-    def __init__(self):
+    def __init__(self, thread):
         import queue
         import threading
-        self.queue, self.error = queue.Queue(), None
-        threading.Thread(target=self._run, daemon=True, name="minialex-allreduce").start()
+        self.queue, self.error, self.thread = queue.Queue(), None, thread
+        if thread:
+            threading.Thread(target=self._run, daemon=True, name="minialex-allreduce").start()
 
     def put(self, flat):
-        self.queue.put(flat)
+        if self.thread:
+            self.queue.put(flat)
+        else:
+            self._average(flat)
+
+    @staticmethod
+    def _average(flat):
+        from mpi4py import MPI
+        _comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+        flat /= flat.dtype.type(world_size())
 
     def _run(self):
-        from mpi4py import MPI
         while True:
             flat = self.queue.get()
             try:
                 if self.error is None:
-                    _comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-                    flat /= flat.dtype.type(world_size())
+                    self._average(flat)
             except BaseException as error:  # noqa: BLE001 - handed to the main thread
                 self.error = error
             finally:

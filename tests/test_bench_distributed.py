@@ -68,13 +68,14 @@ def test_both_configurations_have_their_steps(run):
     assert [len(series["steps"]) for series in results["runs"]["2"]] == [1, 1]
     assert [len(series["bandwidth_s"]) for series in results["runs"]["no allreduce"]] == [0, 0]
     assert all(step["loss"] > 0 for series in results["runs"]["1"] for step in series["steps"])
-    over = results["measured"]["overlapped"]  # the sums sent while backward runs
-    assert (over["threads_per_rank"], over["batch_per_rank"]) == (1, 2)
-    assert over["wait_ms"] >= 0 and 0 <= over["allreduce_share"] < 1
-    # the same averages (a + b, then halved, either way): the same losses, bit for bit
+    for key in ("overlapped", "buckets inline"):  # the sums sent while backward runs
+        over = results["measured"][key]
+        assert (over["threads_per_rank"], over["batch_per_rank"]) == (1, 2)
+        assert over["wait_ms"] >= 0 and 0 <= over["allreduce_share"] < 1
+    # the same averages (a + b, then halved, every way): the same losses, bit for bit
     losses = {key: [step["loss"] for series in results["runs"][key] for step in series["steps"]]
-              for key in ("2", "overlapped")}
-    assert losses["2"] == losses["overlapped"]
+              for key in ("2", "overlapped", "buckets inline")}
+    assert losses["2"] == losses["overlapped"] == losses["buckets inline"]
 
 
 def test_bandwidth_is_for_alexnets_gradient_size(run):

@@ -38,6 +38,7 @@ def test_buckets_follow_backwards_order_and_a_large_parameter_travels_alone():
 
 SCRIPT = r'''
 import json
+import sys
 import numpy as np
 import minialex as mx
 import minialex.functional as F
@@ -62,8 +63,10 @@ def local_gradients(model, step):
     F.cross_entropy(model(x), labels).backward()
 
 
+thread = sys.argv[1] == "thread"
 report = {"steps": []}
-plain, overlapped = build(), dist.overlap_gradients(build(), bucket_bytes=1000)
+plain = build()
+overlapped = dist.overlap_gradients(build(), bucket_bytes=1000, thread=thread)
 buckets = overlapped._gradient_buckets
 first = overlapped[0]
 others = sum(1 for bucket in buckets.buckets
@@ -85,7 +88,8 @@ for step in range(3):
                                     zip(plain.parameters(), expected)),
         "ranks_differed": any(not np.array_equal(a, b) for a, b in zip(*everyone))})
 
-twice = dist.overlap_gradients(nn.Sequential(nn.Linear(3, 3)), bucket_bytes=1000)
+twice = dist.overlap_gradients(nn.Sequential(nn.Linear(3, 3)), bucket_bytes=1000,
+                               thread=thread)
 x = mx.tensor(np.ones((2, 3), np.float32))
 try:
     (twice(twice(x)).sum()).backward()
@@ -97,11 +101,13 @@ if rank == 0:
 
 
 @needs_mpi
-def test_overlapped_averages_are_the_formulas_and_leave_during_backward(tmp_path):
+@pytest.mark.parametrize("sender", ["thread", "inline"])
+def test_overlapped_averages_are_the_formulas_and_leave_during_backward(sender, tmp_path):
     script = tmp_path / "overlap.py"
     script.write_text(SCRIPT)
-    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(script),
+                             sender], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))
     report = json.loads(line[len("REPORT "):])
