@@ -37,7 +37,6 @@ onnx is an optional dependency (pip install -e '.[onnx]'): it is imported when e
 never by `import minialex`.
 """
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -55,13 +54,7 @@ INSTALL_HINT = "pip install -e '.[onnx]' (or pip install onnx)"
 
 def import_onnx():
     """The onnx package, or one clear ImportError saying how to install it."""
-    # `import onnx` is absolute: it finds the onnx package, not this module (minialex.onnx),
-    # unless minialex/ itself is on sys.path (a script in it, or python started in it)
-    here = os.path.dirname(os.path.realpath(__file__))
-    if any(os.path.realpath(entry or os.curdir) == here for entry in sys.path):
-        raise ImportError(f"minialex.onnx: {here} is on sys.path, where `import onnx` would "
-                          "find minialex/onnx.py instead of the onnx package; run from "
-                          "another folder")
+    # `import onnx` is absolute: it finds the onnx package, not this module (minialex.onnx)
     try:
         import onnx
         import onnx.checker

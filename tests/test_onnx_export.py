@@ -303,16 +303,6 @@ def test_import_onnx_finds_the_onnx_package_not_minialex_onnx():
     assert pathlib.Path(onnx.__file__).resolve().parent != ROOT / "minialex"
 
 
-@needs_onnx
-def test_with_minialex_folder_on_sys_path_the_error_says_so():
-    # python run inside minialex/: sys.path[0] is '' (the current folder), where a plain
-    # `import onnx` would find minialex/onnx.py
-    result = run_python("import minialex.onnx\nminialex.onnx.import_onnx()",
-                        cwd=ROOT / "minialex")
-    assert result.returncode == 1
-    assert "is on sys.path, where `import onnx` would find minialex/onnx.py" in result.stderr
-
-
 # ---- examples/train_alexnet.py --export-onnx ---------------------------------------------------
 
 TRAIN = str(ROOT / "examples" / "train_alexnet.py")
