@@ -117,8 +117,10 @@ def export(model, path, input_shape=(1, 3, 227, 227), opset=OPSET):
                                    ir_version=helper.find_min_ir_version_for(opsets),
                                    doc_string=repr(model))
     # written in a folder beside PATH, then renamed: a failure never leaves half a file there
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path)),
-                                     prefix=".onnx-export-") as folder:
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+        raise FileNotFoundError(f"onnx.export: the folder {where} of {path} does not exist")
+    with tempfile.TemporaryDirectory(dir=where, prefix=".onnx-export-") as folder:
         staged = os.path.join(folder, os.path.basename(path))
         if graph.weight_bytes <= LARGE_MODEL_BYTES:
             onnx_model = onnx.shape_inference.infer_shapes(onnx_model, strict_mode=True)

@@ -188,6 +188,13 @@ def test_a_failed_export_leaves_the_file_already_there_as_it_was(large, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alexnet.onnx", "alexnet.onnx.data"]
 
 
+@needs_onnx
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="folder .*missing.* does not exist"):
+        minialex.onnx.export(small_alexnet("seed"), tmp_path / "missing" / "alexnet.onnx")
+    assert not (tmp_path / "missing").exists()
+
+
 # ---- other layers and settings ---------------------------------------------------------------
 
 @needs_onnxruntime
