@@ -25,6 +25,10 @@ out=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 2
 python=${PYTHON:-python}
+if ! command -v "$python" > /dev/null; then  # else the check below would say "no GPU", exit 0
+    echo "gpu_check: no '$python' on PATH; set PYTHON to the interpreter that has CuPy" >&2
+    exit 2
+fi
 
 if ! "$python" -c "import sys; from minialex.backend import cupy_available
 sys.exit(0 if cupy_available() else 1)" 2>/dev/null; then

@@ -890,11 +890,11 @@ def start_distributed(args):
     bar is drawn (rank 0 speaks for the job). Returns an exit status, or None to go on."""
     try:
         dist.init()
-    except dist.DistributedError as error:
+        if args.device == "cuda" and mx.backend.cupy_available():
+            dist.init_gpu()  # NOT RUN YET: GPU local_rank(), gradients through NCCL
+    except dist.DistributedError as error:  # no MPI, or (with --device cuda) no NCCL
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.device == "cuda" and mx.backend.cupy_available():
-        dist.init_gpu()  # NOT RUN YET: GPU local_rank(), gradients through NCCL
     if dist.rank() != 0:
         sys.stdout = open(os.devnull, "w")
         args.no_progress = True

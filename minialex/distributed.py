@@ -478,7 +478,9 @@ def _nccl_average_async(flat):
     import cupy
     from cupy.cuda import nccl
     compute = cupy.cuda.get_current_stream()
-    stream = _side.setdefault("stream", cupy.cuda.Stream(non_blocking=True))
+    if "stream" not in _side:  # one stream for the run (setdefault would make one every call)
+        _side["stream"] = cupy.cuda.Stream(non_blocking=True)
+    stream = _side["stream"]
     stream.wait_event(compute.record())
     _nccl.allReduce(flat.data.ptr, flat.data.ptr, flat.size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
                     stream.ptr)
@@ -502,6 +504,9 @@ def init_gpu():
     global _nccl
     import cupy
     from cupy.cuda import nccl
+    if not nccl.available:  # cupy.cuda.nccl then has no get_unique_id: an AttributeError
+        raise DistributedError("--distributed --device cuda needs NCCL, which CuPy did not find: "
+                               "pip install nvidia-nccl-cu13 (nvidia-nccl-cu12 for CUDA 12)")
     cupy.cuda.Device(local_rank()).use()
     unique_id = broadcast_object(nccl.get_unique_id() if rank() == 0 else None)
     _nccl = nccl.NcclCommunicator(world_size(), unique_id, rank())

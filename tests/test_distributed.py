@@ -92,6 +92,43 @@ def test_the_validation_shards_hold_every_image_once():
     assert [len(shard) for shard in shards] == [2, 2, 2]
 
 
+def test_the_nccl_calls_take_cupys_arguments_and_order_the_streams(monkeypatch):
+    """init_gpu, _allreduce_sum, _nccl_average_async and _nccl_wait on the fake CuPy (tests/
+    fake_cupy.py, CuPy 14's signatures: the unique id as bytes; pointers, count and stream as
+    ints), in one process. The sums run on one side stream, made once, after an event of the
+    compute stream; the compute stream waits on the event after the last one."""
+    import fake_cupy
+    from minialex import distributed as dist
+    cupy = fake_cupy.install(monkeypatch)
+    made = []
+    monkeypatch.setattr(cupy.cuda, "Stream", lambda **kwargs: made.append(
+        fake_cupy.Stream(**kwargs)) or made[-1])
+    monkeypatch.setattr(dist, "_nccl", None)
+    monkeypatch.setattr(dist, "_side", {})
+    monkeypatch.setattr(cupy.cuda.nccl, "available", False)
+    with pytest.raises(dist.DistributedError, match="needs NCCL.*pip install nvidia-nccl-cu13"):
+        dist.init_gpu()
+    monkeypatch.setattr(cupy.cuda.nccl, "available", True)
+    dist.init_gpu()
+    flat = cupy.asarray(np.ones(10, np.float32))
+    cupy.log.clear()
+    dist._allreduce_sum(flat)  # on the compute stream: the null stream, pointer 0
+    assert cupy.log.stream_events == [("allreduce", 0, 10)]
+    cupy.log.clear()
+    for _ in range(3):
+        dist._nccl_average_async(flat)
+    dist._nccl_wait()
+    events, compute, side = cupy.log.stream_events, fake_cupy.COMPUTE_STREAM, made[0]
+    assert len(made) == 1 and side.ptr != 0
+    for k in range(3):
+        ready, wait, reduce, done = events[4 * k:4 * k + 4]
+        assert ready[:2] == ("record", compute) and wait == ("stream waits on event", side,
+                                                             ready[2])
+        assert reduce == ("allreduce", side.ptr, 10) and done[:2] == ("record", side)
+    assert events[12:] == [("stream waits on event", compute, events[11][2])]
+    assert np.array_equal(flat.view(np.ndarray), np.ones(10))  # one rank: the sum / 1
+
+
 def test_importing_minialex_does_not_import_mpi4py():
     code = "import sys, minialex, minialex.distributed; print('mpi4py' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True,

@@ -7,8 +7,9 @@ Three parts:
   2. On any machine, through the kernel shim (tests/kernel_shim, g++): cuda.py's wrappers and
      the ops' GPU branches run with NumPy arrays, each launch executed by the CPU build of the
      same .cu source, and are compared with the NumPy path. This checks what a GPU run would
-     do (shapes, transposes, grids, argument order) without a GPU; only RawModule itself is
-     left to part 3 (ReLU, dropout, SGD and the step's syncs: test_gpu_step.py).
+     do (shapes, transposes, grids, argument order) without a GPU; cuda.launch itself runs
+     on the fake CuPy's RawModule (part 1), and RawModule itself is left to part 3 (ReLU,
+     dropout, SGD and the step's syncs: test_gpu_step.py).
   3. Marked `gpu` (skipped without CuPy and a device, unless MINIALEX_REQUIRE_GPU=1): every op
      forward and backward on CuPy against NumPy, every SGEMM version against cupy.matmul, a
      whole AlexNet training step on both devices, moving models and checkpoints between them,
@@ -159,6 +160,57 @@ def test_every_entry_point_cuda_py_launches_exists_with_the_contracts_parameters
 
 def test_uses_kernels_only_for_float32_gpu_arrays():
     assert not cuda.uses_kernels(np.zeros(3, np.float32))  # NumPy: the CPU path
+
+
+def test_launch_passes_each_argument_as_the_c_type_of_its_parameter(monkeypatch):
+    """cuda.launch itself, on the fake CuPy's RawModule (tests/fake_cupy.py), for every wrapper:
+    RawModule(code=, options=tuple), grid and block as tuples, and each argument of the C type
+    that the shim's own parser reads from the .cu. CUDA reads sizeof(parameter) bytes behind
+    each argument, and CuPy passes a Python int as a long long and a float as a double."""
+    import functools
+
+    import fake_cupy
+    cp = fake_cupy.install(monkeypatch)
+    for name in ("_module", "_kernel", "_device_sm_count"):  # fresh caches, for the fake only
+        monkeypatch.setattr(cuda, name, functools.lru_cache(None)(getattr(cuda, name).__wrapped__))
+    rng = np.random.default_rng(0)
+
+    def device(*shape):
+        return cp.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    x, w = device(2, 4, 9, 9), device(6, 2, 3, 3)
+    for version in cuda.SGEMM_VERSIONS:
+        cuda.sgemm(device(5, 7), device(3, 7), trans_b=True, version=version)
+    cuda.sgemm(device(2, 600, 5), device(2, 600, 3), trans_a=True, plan=(64, 64, 2))  # split-K
+    cuda.set_float32_matmul_precision("high")
+    try:
+        cuda.sgemm(device(5, 7), device(7, 3))
+    finally:
+        cuda.set_float32_matmul_precision("highest")
+    for kernel in ("im2col", "im2col_v1"):
+        col = cuda.im2col(x, 3, 3, 1, 1, 1, 1, kernel)
+    cuda.col2im(col, x.shape, 1, 1, 1, 1)
+    y, argmax = cuda.maxpool_forward(x, 3, 3, 2, 2, 0, 0, 4, 4)
+    cuda.maxpool_backward(y, argmax, x.shape, 3, 3, 2, 2, 0, 0)
+    y, scale = cuda.lrn_forward(x, 5, 1e-4, 0.75, 2.0)
+    cuda.lrn_backward(x, y, scale, y, 5, 1e-4, 0.75, 2.0)
+    labels = cp.asarray(np.array([3, 0]))
+    probs, _ = cuda.softmax_xent_forward(device(2, 10), labels)
+    cuda.softmax_xent_backward(probs, labels, cp.asarray(np.ones((), np.float32)))
+    y, positive = cuda.relu(x)
+    cuda.relu_backward(y, positive)
+    cuda.dropout(x, 0.5, 2**40, 7)
+    cuda.sgd_multi_tensor([(w, device(*w.shape), device(*w.shape)), (x, device(*x.shape), None)],
+                          0.01, 0.9, 5e-4)
+    cuda.conv_implicit_forward(x, w, None, (1, 1), (1, 1), 2)
+    cuda.conv_implicit_grad_x(device(2, 6, 9, 9), w, x.shape, (1, 1), (1, 1), 2)
+    cuda.conv_implicit_grad_w(x, device(2, 6, 9, 9), w.shape, (1, 1), (1, 1), 2)
+    launched = {name for name, *_ in cp.log.kernel_launches}  # each one checked by the fake
+    every = {name for path in cuda.KERNEL_DIR.glob("*.cu") for name in cuda.entry_points(
+        path.read_text()) if not name.startswith("sgemm_")}
+    assert every <= launched, f"not launched here: {sorted(every - launched)}"
+    assert len([n for n in launched if n.startswith("sgemm_v")]) == 8 + 1  # v1..v7, v8 twice
+    assert {"sgemm_tf32_nn", "splitk_reduce"} <= launched
 
 
 BENCHMARK = str(ROOT / "benchmarks" / "bench_kernels.py")

@@ -387,6 +387,14 @@ def test_gpu_check_without_a_gpu_prints_one_line_and_exits_0(tmp_path):
     assert result.stderr == ""
 
 
+def test_gpu_check_without_its_python_fails_instead_of_saying_no_gpu(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"),
+                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(ENV, PYTHON=str(tmp_path / "no-such-python")), timeout=120)
+    assert result.returncode == 2 and "set PYTHON" in result.stderr, result
+    assert "no GPU" not in result.stdout
+
+
 def test_gpu_check_with_a_gpu_runs_every_step_under_its_own_limit(tmp_path):
     """PYTHON stands in for the interpreter: it says there is a GPU and logs each command."""
     calls = tmp_path / "calls.txt"

@@ -66,6 +66,54 @@ def test_the_tf32_sgemm_is_on_tensor_cores(tmp_path):
     assert "cvt.rna.tf32.f32" in ptx
 
 
+def nvrtc():
+    """libnvrtc through ctypes: from the CUDA toolkit, or the NVIDIA wheels (PyTorch's)."""
+    import ctypes
+    import glob
+    import site
+    folders = [os.path.join(p, "nvidia", sub, "lib") for p in site.getsitepackages()
+               for sub in ("cu13", "cuda_nvrtc")]
+    folders += [os.path.join(os.environ.get("CUDA_PATH", "/usr/local/cuda"), "lib64")]
+    for folder in folders:
+        found = sorted(glob.glob(os.path.join(folder, "libnvrtc.so.*[0-9]")))
+        if found:  # its builtins first: NVRTC opens them by name, and finds them loaded
+            for builtins in glob.glob(os.path.join(folder, "libnvrtc-builtins.so.*")):
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(found[0])
+    pytest.skip("no libnvrtc (the CUDA toolkit's, or pip install nvidia-cuda-nvrtc)")
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_nvrtc_compiles_every_file_as_cupy_does(arch):
+    """cupy.RawModule compiles with NVRTC, not nvcc: no host headers (INFINITY, assert, std::
+    are nvcc's only). The options CuPy 14 passes (cupy/cuda/compiler.py): ours (-std=c++17),
+    -ftz=true, the architecture, --device-as-default-execution-space. Every extern "C" kernel
+    must be in the PTX under its own name: RawModule.get_function looks it up by that."""
+    import ctypes
+    lib = nvrtc()
+    options = [b"-std=c++17", b"-ftz=true", b"-arch=" + arch.encode(),
+               b"--device-as-default-execution-space"]
+    for path in KERNEL_FILES:
+        program, size = ctypes.c_void_p(), ctypes.c_size_t()
+        assert lib.nvrtcCreateProgram(ctypes.byref(program), path.read_bytes(),
+                                      path.name.encode(), 0, None, None) == 0
+        try:
+            status = lib.nvrtcCompileProgram(program, len(options),
+                                             (ctypes.c_char_p * len(options))(*options))
+            lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(program, log)
+            assert status == 0, f"NVRTC rejects {path.name}:\n{log.value.decode()}"
+            lib.nvrtcGetPTXSize(program, ctypes.byref(size))
+            ptx = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetPTX(program, ptx)
+        finally:
+            lib.nvrtcDestroyProgram(ctypes.byref(program))
+        entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.value.decode()))
+        missing = sorted(set(harness.parse_entry_points(path.read_text())) - entries)
+        assert not missing, f"{path.name}: kernels missing from NVRTC's PTX: {missing}"
+
+
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
 def test_has_no_include(path):
     # NVRTC has no C library headers; everything a kernel needs is built in
