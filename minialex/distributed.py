@@ -253,6 +253,9 @@ def overlap_gradients(model, bucket_bytes=BUCKET_BYTES, thread=None):
     other ranks: on this 2-core machine, 2 ranks with a thread took 641-680 ms a step, against
     578-642 ms without (benchmarks/results/distributed-2-cores.md). Sent inline, the buckets
     still save the packing and unpacking of the plain average_gradients."""
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
+        raise ValueError(f"overlap_gradients: bucket_bytes must be a positive int; got "
+                         f"{bucket_bytes!r}")
     if world_size() > 1:
         if thread is None:
             from .fast import threads

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from minialex import nn
-from minialex.distributed import buckets_of
+from minialex.distributed import buckets_of, overlap_gradients
 from test_distributed import ENV, ROOT, mpiexec
 
 HAS_MPI = importlib.util.find_spec("mpi4py") is not None
@@ -34,6 +34,12 @@ def test_buckets_follow_backwards_order_and_a_large_parameter_travels_alone():
     frozen = list(model.parameters())
     frozen[0].requires_grad = False  # no gradient: not sent
     assert sizes(buckets_of(frozen, 10**9)) == [[4, 1200, 300, 6000, 20]]
+
+
+@pytest.mark.parametrize("bucket_bytes", [0, -5, 2.5, True, "25MB"])
+def test_a_bucket_size_that_is_no_positive_int_is_refused(bucket_bytes):
+    with pytest.raises(ValueError, match="bucket_bytes must be a positive int"):
+        overlap_gradients(nn.Linear(2, 2), bucket_bytes=bucket_bytes)
 
 
 SCRIPT = r'''
