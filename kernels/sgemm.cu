@@ -65,8 +65,20 @@
 // the grid is (ceil(N / BN), ceil(M / BM), batches * splits), block z = b * splits + s sums
 // k in [s * k_chunk, min(K, (s + 1) * k_chunk)) of matrix b into C + z * batch_stride_C; with
 // splits = 1 that is C[b] itself. k_chunk must be a multiple of 8 (the float4 loads stay
-// aligned). splitk_reduce(partial, C, count, batch, splits): C[b][e] = sum over s = 0, 1, ... of
-// partial[(b * splits + s) * count + e], in that order, for e < count = M * N.
+// aligned). splitk_reduce(partial, C, count, batch, splits, N, ...): C[b][e] = sum over
+// s = 0, 1, ... of partial[(b * splits + s) * count + e], in that order, for e < count = M * N.
+//
+// The bias epilogue: v8 and splitk_reduce end with (..., const float* bias, int bias_along,
+// long long batch_stride_bias) and add a bias to C in its final store, instead of a separate
+// pass over C (a launch that reads and writes all of C once more):
+//   bias_along 0: none (bias is never read, and may be null);
+//              1: C[b][m][n] += bias[b * batch_stride_bias + m], one per row (conv: per filter);
+//              2: C[b][m][n] += bias[b * batch_stride_bias + n], one per column (linear: per
+//                 output feature).
+// batch_stride_bias 0: the same bias for every matrix b; conv with groups passes F / G, so that
+// group g's rows get filters g F/G, g F/G + 1, ... With splits = 1 the tile's store adds it;
+// with more, only splitk_reduce does, once, after its fixed-order sum (a partial product must
+// not carry it, or it would count `splits` times).
 //
 // Sections: helpers (layouts and tile loads), the kernels v1..v8, the extern "C" entry points.
 // Each kernel is a template over the layout, <TRANS_A, TRANS_B>: nn = <false, false>,
@@ -131,17 +143,35 @@ __device__ __forceinline__ int owned(int i, int t) {
     return (i < 4 ? 0 : TILE / 2) + t * 4 + i % 4;
 }
 
-// C[my rows][my columns] = sum; with VECTOR, float4 stores where the rows of C are aligned
+// The bias epilogue (the header): `value` as C[m][n] stores it. bias_along 0 returns the value
+// itself (not value + 0, which would turn -0 into +0), so that no bias changes no bit.
+__device__ __forceinline__ float with_bias(float value, const float* bias, int bias_along,
+                                           int m, int n) {
+    if (bias_along == 0) return value;
+    return value + bias[bias_along == 1 ? m : n];
+}
+
+// C[my rows][my columns] = sum (+ the bias, v8); with VECTOR, float4 stores where the rows of C
+// are aligned
 template <int BM, int BN, bool VECTOR>
 __device__ __forceinline__ void store_c(float* C, int M, int N, int m0, int n0, int tx, int ty,
-                                        const float sum[8][8]) {
+                                        const float sum[8][8], const float* bias = nullptr,
+                                        int bias_along = 0) {
     bool vectorized = VECTOR && N % 4 == 0 && aligned_16_bytes(C);
+    // Unrolled, so that sum[i][...] are registers: indexed at run time, the compiler would put
+    // the whole 8x8 accumulator in (slow, off-chip) local memory.
+#pragma unroll
     for (int i = 0; i < 8; ++i) {
         int m = m0 + owned<BM>(i, ty);
         if (m >= M) break;  // the rows increase with i
+#pragma unroll
         for (int half = 0; half < 2; ++half) {
             int n = n0 + owned<BN>(4 * half, tx);
-            const float* v = &sum[i][half * 4];
+            float v[4];  // the bias is read for columns inside C only
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                v[j] = n + j < N ? with_bias(sum[i][half * 4 + j], bias, bias_along, m, n + j)
+                                 : 0.0f;
             if (vectorized && n < N) {  // N % 4 == 0: then n + 3 < N too
                 *reinterpret_cast<float4*>(&C[m * N + n]) = make_float4(v[0], v[1], v[2], v[3]);
             } else {
@@ -353,7 +383,8 @@ __device__ __forceinline__ void sgemm_v5(int M, int N, int K, const float* A, co
 // one is multiplied.
 template <bool TRANS_A, bool TRANS_B, int BM, int BN, bool DOUBLE_BUFFER>
 __device__ __forceinline__ void sgemm_tiled(int M, int N, int K, const float* A, const float* B,
-                                            float* C, int k_begin, int k_end) {
+                                            float* C, int k_begin, int k_end,
+                                            const float* bias = nullptr, int bias_along = 0) {
     constexpr int BK = 8, THREADS = BM / 8 * BN / 8, BUFFERS = DOUBLE_BUFFER ? 2 : 1;
     constexpr int LDA = BM + 4;  // +4 floats: the transposed stores hit different banks, and
     constexpr int LDB = BN + 4;  // every row still starts on a 16-byte boundary
@@ -391,7 +422,7 @@ __device__ __forceinline__ void sgemm_tiled(int M, int N, int K, const float* A,
             buffer = 1 - buffer;
         }
     }
-    store_c<BM, BN, true>(C, M, N, m0, n0, tx, ty, sum);
+    store_c<BM, BN, true>(C, M, N, m0, n0, tx, ty, sum, bias, bias_along);
 }
 
 // ---- v8: v7 over one split of K, the tile chosen per problem ----
@@ -399,14 +430,18 @@ template <bool TRANS_A, bool TRANS_B, int BM, int BN>
 __device__ __forceinline__ void sgemm_v8(int M, int N, int K, const float* A, const float* B,
                                          float* C, long long batch_stride_A,
                                          long long batch_stride_B, long long batch_stride_C,
-                                         int splits, int k_chunk) {
+                                         int splits, int k_chunk, const float* bias,
+                                         int bias_along, long long batch_stride_bias) {
     int b = blockIdx.z / splits, split = blockIdx.z % splits;
     A += b * batch_stride_A;
     B += b * batch_stride_B;
     C += blockIdx.z * batch_stride_C;  // matrix b itself when splits = 1, else a workspace slice
     int k_begin = split * k_chunk;     // < K: cuda.py launches no empty split
     int k_end = K - k_begin < k_chunk ? K : k_begin + k_chunk;
-    sgemm_tiled<TRANS_A, TRANS_B, BM, BN, true>(M, N, K, A, B, C, k_begin, k_end);
+    if (splits > 1) bias_along = 0;  // a partial product: splitk_reduce adds the bias, once
+    if (bias_along) bias += b * batch_stride_bias;
+    sgemm_tiled<TRANS_A, TRANS_B, BM, BN, true>(M, N, K, A, B, C, k_begin, k_end, bias,
+                                                bias_along);
 }
 
 // ================================ entry points ================================
@@ -431,18 +466,21 @@ __device__ __forceinline__ void sgemm(int M, int N, int K, const float* A, const
     if (VERSION == 7) sgemm_tiled<TRANS_A, TRANS_B, 128, 128, true>(M, N, K, A, B, C, 0, K);
 }
 
-// C[b][e] = the sum of the splits' partial products, always in the order s = 0, 1, ...
+// C[b][e] = the sum of the splits' partial products, always in the order s = 0, 1, ..., then
+// the bias of element e = m N + n (the epilogue, in the header)
 extern "C" __global__ void splitk_reduce(const float* __restrict__ partial,
                                          float* __restrict__ C, long long count, int batch,
-                                         int splits) {
+                                         int splits, int N, const float* __restrict__ bias,
+                                         int bias_along, long long batch_stride_bias) {
     long long total = count * batch;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        long long b = i / count;
-        const float* p = partial + b * splits * count + (i - b * count);
+        long long b = i / count, e = i - b * count;
+        const float* p = partial + b * splits * count + e;
         float sum = 0.0f;
         for (int s = 0; s < splits; ++s) sum += p[s * count];
-        C[i] = sum;
+        const float* bias_b = bias_along ? bias + b * batch_stride_bias : bias;
+        C[i] = with_bias(sum, bias_b, bias_along, (int)(e / N), (int)(e % N));
     }
 }
 
@@ -587,80 +625,89 @@ sgemm_v7_tn(int M, int N, int K, const float* __restrict__ A,
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_v8_128x128_nn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, false, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_v8_128x128_nt(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, true, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_v8_128x128_tn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<true, false, 128, 128>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
 sgemm_v8_128x64_nn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, false, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
 sgemm_v8_128x64_nt(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, true, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
 sgemm_v8_128x64_tn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<true, false, 128, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(64, 8)
 sgemm_v8_64x64_nn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, false, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(64, 8)
 sgemm_v8_64x64_nt(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<false, true, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(64, 8)
 sgemm_v8_64x64_tn(int M, int N, int K, const float* __restrict__ A,
         const float* __restrict__ B, float* __restrict__ C, long long batch_stride_A,
-        long long batch_stride_B, long long batch_stride_C, int splits,
-        int k_chunk) {
+        long long batch_stride_B, long long batch_stride_C, int splits, int k_chunk,
+        const float* __restrict__ bias, int bias_along, long long batch_stride_bias) {
     sgemm_v8<true, false, 64, 64>(M, N, K, A, B, C, batch_stride_A, batch_stride_B,
-                                   batch_stride_C, splits, k_chunk);
+                                   batch_stride_C, splits, k_chunk, bias, bias_along,
+                                   batch_stride_bias);
 }

@@ -7,9 +7,11 @@
 // around them against NumPy. Whether the GPU's fragments are laid out as the table below says
 // only a GPU can tell (benchmarks/bench_kernels.py checks the kernel before timing it).
 //
-// Same contract, grid and arguments as sgemm_v8_128x128_LL (sgemm.cu's header):
+// Same contract, grid and arguments as sgemm_v8_128x128_LL (sgemm.cu's header), bias epilogue
+// included (with splits = 1 the store adds the bias, else sgemm.cu's splitk_reduce does):
 //   sgemm_tf32_LL(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C, splits,
-//                 k_chunk), grid (ceil(N / 128), ceil(M / 128), batches * splits), 256 threads.
+//                 k_chunk, bias, bias_along, batch_stride_bias),
+//   grid (ceil(N / 128), ceil(M / 128), batches * splits), 256 threads.
 // TF32 keeps float32's 8-bit exponent and 10 of its 23 mantissa bits: each input is rounded
 // (cvt.rna.tf32.f32), the products and sums stay float32. A K-term dot product of N(0, 1)
 // values is off by about 2^-11 sqrt(K) instead of 2^-24 sqrt(K).
@@ -182,11 +184,19 @@ __device__ __forceinline__ void mma_tile(const float* As, const float* Bs, int w
     mma_warp(a, b, thread, acc);
 }
 
+// sgemm.cu's bias epilogue: bias_along 0 none, 1 bias[m] per row, 2 bias[n] per column
+__device__ __forceinline__ float with_bias(float value, const float* bias, int bias_along,
+                                           int m, int n) {
+    if (bias_along == 0) return value;
+    return value + bias[bias_along == 1 ? m : n];
+}
+
 template <bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void sgemm_tf32(int M, int N, int K, const float* A, const float* B,
                                            float* C, long long batch_stride_A,
                                            long long batch_stride_B, long long batch_stride_C,
-                                           int splits, int k_chunk) {
+                                           int splits, int k_chunk, const float* bias,
+                                           int bias_along, long long batch_stride_bias) {
     alignas(16) __shared__ float As[2][BK * LDA];  // As[k][m]
     alignas(16) __shared__ float Bs[2][BK * LDB];  // Bs[k][n]
     int b = blockIdx.z / splits, split = blockIdx.z % splits;
@@ -195,6 +205,8 @@ __device__ __forceinline__ void sgemm_tf32(int M, int N, int K, const float* A, 
     C += blockIdx.z * batch_stride_C;  // matrix b itself when splits = 1, else a workspace slice
     int k_begin = split * k_chunk;
     int k_end = K - k_begin < k_chunk ? K : k_begin + k_chunk;
+    if (splits > 1) bias_along = 0;  // a partial product: splitk_reduce adds the bias, once
+    if (bias_along) bias += b * batch_stride_bias;
     int thread = threadIdx.x, lane = thread % 32, warp = thread / 32;
     int warp_m = warp / 4, warp_n = warp % 4, g = lane / 4, t = lane % 4;
     int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
@@ -214,35 +226,42 @@ __device__ __forceinline__ void sgemm_tf32(int M, int N, int K, const float* A, 
         __syncthreads();
         buffer = 1 - buffer;
     }
+    // unrolled: acc indexed at run time would live in (slow, off-chip) local memory
+#pragma unroll
     for (int i = 0; i < 4; ++i)
+#pragma unroll
         for (int j = 0; j < 4; ++j)
+#pragma unroll
             for (int r = 0; r < 4; ++r) {
                 int m = m0 + warp_m * 64 + i * 16 + g + (r / 2) * 8;
                 int n = n0 + warp_n * 32 + j * 8 + 2 * t + r % 2;
-                if (m < M && n < N) C[m * N + n] = acc[i][j][r];
+                if (m < M && n < N) C[m * N + n] = with_bias(acc[i][j][r], bias, bias_along, m, n);
             }
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_tf32_nn(int M, int N, int K, const float* __restrict__ A, const float* __restrict__ B,
         float* __restrict__ C, long long batch_stride_A, long long batch_stride_B,
-        long long batch_stride_C, int splits, int k_chunk) {
+        long long batch_stride_C, int splits, int k_chunk, const float* __restrict__ bias,
+        int bias_along, long long batch_stride_bias) {
     sgemm_tf32<false, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C,
-                         splits, k_chunk);
+                         splits, k_chunk, bias, bias_along, batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_tf32_nt(int M, int N, int K, const float* __restrict__ A, const float* __restrict__ B,
         float* __restrict__ C, long long batch_stride_A, long long batch_stride_B,
-        long long batch_stride_C, int splits, int k_chunk) {
+        long long batch_stride_C, int splits, int k_chunk, const float* __restrict__ bias,
+        int bias_along, long long batch_stride_bias) {
     sgemm_tf32<false, true>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C,
-                         splits, k_chunk);
+                         splits, k_chunk, bias, bias_along, batch_stride_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 sgemm_tf32_tn(int M, int N, int K, const float* __restrict__ A, const float* __restrict__ B,
         float* __restrict__ C, long long batch_stride_A, long long batch_stride_B,
-        long long batch_stride_C, int splits, int k_chunk) {
+        long long batch_stride_C, int splits, int k_chunk, const float* __restrict__ bias,
+        int bias_along, long long batch_stride_bias) {
     sgemm_tf32<true, false>(M, N, K, A, B, C, batch_stride_A, batch_stride_B, batch_stride_C,
-                         splits, k_chunk);
+                         splits, k_chunk, bias, bias_along, batch_stride_bias);
 }

@@ -301,8 +301,12 @@ def get_float32_matmul_precision():
     return _matmul_precision
 
 
-def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None):
-    """C = opA(a) @ opB(b) in float32 on our kernel; C is a new array.
+SGEMM_BIAS_ALONG = {"row": 1, "column": 2}  # sgemm.cu's bias_along (0: no bias)
+
+
+def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None, bias=None,
+          bias_along=None):
+    """C = opA(a) @ opB(b) (+ bias) in float32 on our kernel; C is a new array.
 
     2-D: a is (M, K), or (K, M) with trans_a; b is (K, N), or (N, K) with trans_b; C (M, N).
     3-D: the same with a leading batch axis on a, b and C (one product per batch index).
@@ -310,6 +314,9 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None):
     default: v8 as sgemm_plan says, or (tile_M, tile_N, splits) given as `plan` (tests use it
     to split small products); on TF32 tensor cores (one tile, 128x128) if
     set_float32_matmul_precision("high").
+    bias (version 8): added in the product's final store (sgemm.cu's epilogue), bias_along
+    "row": C[b][m][n] += bias[m] (conv), shape (M,), or (batch, M) for one per product;
+    "column": += bias[n] (linear), shape (N,) or (batch, N).
     """
     if (trans_a, trans_b) not in SGEMM_LAYOUTS:
         raise ValueError("sgemm: trans_a and trans_b together are not supported (no tt "
@@ -323,6 +330,9 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None):
     if a.ndim != b.ndim or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != b.shape[0]):
         raise ValueError(f"sgemm: needs two 2-D arrays, or two 3-D arrays with the same batch; "
                          f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if bias is not None and (bias_along not in SGEMM_BIAS_ALONG or version != 8):
+        raise ValueError(f"sgemm: a bias needs bias_along 'row' or 'column' and version 8; got "
+                         f"bias_along={bias_along!r}, version={version!r}")
     a, b = _float32(a, "sgemm"), _float32(b, "sgemm")
     batched = a.ndim == 3
     if not batched:
@@ -338,10 +348,19 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None):
         raise ValueError(f"sgemm: a matrix of ({M}, {K}) @ ({K}, {N}) has 2^31 elements or "
                          "more; split the product (e.g. a smaller batch)")
     xp = backend.get_array_module(a)
+    along, bias_stride, no_bias = 0, 0, xp.empty(0, dtype=np.float32)  # never read: along 0
+    if bias is not None:
+        along, length = SGEMM_BIAS_ALONG[bias_along], (M if bias_along == "row" else N)
+        if tuple(bias.shape) not in ((length,), (batch, length)):
+            raise ValueError(f"sgemm: a bias along each {bias_along} of C ({M}, {N}) needs "
+                             f"shape ({length},) or ({batch}, {length}); got {tuple(bias.shape)}")
+        bias, bias_stride = _float32(bias, "sgemm"), length if bias.ndim == 2 else 0
     c = xp.empty((batch, M, N), dtype=np.float32)
     layout, strides = SGEMM_LAYOUTS[trans_a, trans_b], (M * K, K * N, M * N)
     if K == 0:
         c[...] = 0  # an empty sum; also keeps a zero-sized grid from being launched
+        if along:
+            c += bias[..., :, None] if along == 1 else bias[..., None, :]
     elif c.size and version in SGEMM_GEOMETRY:
         tile_M, tile_N, block = SGEMM_GEOMETRY[version]
         launch("sgemm.cu", f"sgemm_v{version}_{layout}", (ceil_div(N, tile_N),
@@ -359,11 +378,14 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None):
                           ("sgemm.cu", f"sgemm_v8_{tile_M}x{tile_N}_{layout}"))
         # splits > 1: the partial products go to a workspace (batch, splits, M, N) first
         out = c if splits == 1 else xp.empty((batch * splits, M, N), dtype=np.float32)
+        # the bias is added once: in the tile's store if splits = 1, else by splitk_reduce
+        epilogue = (no_bias if bias is None else bias, along, bias_stride)
         launch(filename, name, (ceil_div(N, tile_N), ceil_div(M, tile_M), batch * splits),
-               (SGEMM_TILES[tile_M, tile_N],), M, N, K, a, b, out, *strides, splits, k_chunk)
+               (SGEMM_TILES[tile_M, tile_N],), M, N, K, a, b, out, *strides, splits, k_chunk,
+               *epilogue)
         if splits > 1:
             launch("sgemm.cu", "splitk_reduce", (ceil_div(c.size, 256),), (256,), out, c, M * N,
-                   batch, splits)
+                   batch, splits, N, *epilogue)
     return c if batched else c[0]
 
 

@@ -3,8 +3,9 @@
 On a float32 CuPy array every op below stands in for its reference (dispatch.py, fast path
 "cuda-kernels"). Convolution and the fully connected layer keep the reference algorithm and
 swap its steps: im2col and col2im on kernels/im2col.cu, every product on our SGEMM
-(kernels/sgemm.cu) instead of cuBLAS. Pooling, LRN, the loss, ReLU and dropout are one kernel
-each way, and SGD updates every parameter in one launch (kernels/elementwise.cu).
+(kernels/sgemm.cu) instead of cuBLAS, the bias added in its final store. Pooling, LRN, the loss,
+ReLU and dropout are one kernel each way, and SGD updates every parameter in one launch
+(kernels/elementwise.cu).
 DevicePrefetcher copies the next batch to the GPU on a second stream while a step computes.
 Float64 CuPy arrays (gradient checks) and MINIALEX_FAST=0 run the reference on CuPy's own
 functions. No GPU has measured what this buys yet (benchmarks/bench_kernels.py will).
@@ -37,12 +38,13 @@ def _as_stored(array):
     return xp.ascontiguousarray(array), False
 
 
-def matmul(a, b):
-    """a @ b (2-D, or 3-D with one product per leading index) on our SGEMM kernel."""
+def matmul(a, b, bias=None, bias_along=None):
+    """a @ b (2-D, or 3-D with one product per leading index) on our SGEMM kernel; a bias, if
+    given, is added in the product's final store (cuda.sgemm: bias_along "row" or "column")."""
     (a, trans_a), (b, trans_b) = _as_stored(a), _as_stored(b)
     if trans_a and trans_b:  # SGEMM has no tt layout: lay b out as it is read
         b, trans_b = get_array_module(b).ascontiguousarray(b.swapaxes(-1, -2)), False
-    return cuda.sgemm(a, b, trans_a=trans_a, trans_b=trans_b)
+    return cuda.sgemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, bias_along=bias_along)
 
 
 class Conv2dOnKernels(Conv2d):
@@ -76,9 +78,21 @@ class Conv2dOnKernels(Conv2d):
     def forward(self, x, w, b=None):
         self.implicit = self.uses_implicit(x.shape, w.shape)
         if not self.implicit:
-            return super().forward(x, w, b)
+            return self._explicit_forward(x, w, b)
         self.x, self.w = x, w  # what backward recomputes the windows from: no columns
         return cuda.conv_implicit_forward(x, w, b, *self._settings())
+
+    def _explicit_forward(self, x, w, b):
+        """The reference's forward (functions/conv.py, the same attributes for its backward),
+        the bias added per row of each group's product (one per filter) in its final store.
+        The product is (F, N OH OW), so NCHW still takes a transposing copy after it."""
+        (N, _, H, W), (F, CG, KH, KW), G = x.shape, w.shape, self.G
+        OH, OW = output_size(H, KH, self.SH, self.PH), output_size(W, KW, self.SW, self.PW)
+        col = self.im2col(x, KH, KW, self.SH, self.SW, self.PH, self.PW)
+        self.col, self.w, self.x_shape = col.reshape(G, CG * KH * KW, N * OH * OW), w, x.shape
+        y = matmul(w.reshape(G, F // G, CG * KH * KW), self.col,  # one product per group
+                   None if b is None else b.reshape(G, F // G), "row")
+        return get_array_module(x).ascontiguousarray(y.reshape(F, N, OH, OW).transpose(1, 0, 2, 3))
 
     def _settings(self):
         return (self.SH, self.SW), (self.PH, self.PW), self.G
@@ -97,7 +111,13 @@ class Conv2dOnKernels(Conv2d):
 
 
 class LinearOnKernels(Linear):
+    """The reference's products on our SGEMM; forward adds the bias in the product's final
+    store (one per column of y = x W^T) instead of a separate pass over y."""
     matmul = staticmethod(matmul)
+
+    def forward(self, x, weight, bias=None):
+        self.x, self.weight = x, weight  # what the reference's backward reads
+        return matmul(x, weight.T, bias, "column")
 
 
 class MaxPool2dOnKernels(MaxPool2d):

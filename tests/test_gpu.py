@@ -182,9 +182,15 @@ def test_launch_passes_each_argument_as_the_c_type_of_its_parameter(monkeypatch)
     for version in cuda.SGEMM_VERSIONS:
         cuda.sgemm(device(5, 7), device(3, 7), trans_b=True, version=version)
     cuda.sgemm(device(2, 600, 5), device(2, 600, 3), trans_a=True, plan=(64, 64, 2))  # split-K
+    for plan in ((64, 64, 1), (64, 64, 2)):  # the bias epilogue: in the store, in the sum
+        cuda.sgemm(device(5, 600), device(3, 600), trans_b=True, plan=plan, bias=device(3),
+                   bias_along="column")
+        cuda.sgemm(device(2, 5, 600), device(2, 600, 3), plan=plan, bias=device(2, 5),
+                   bias_along="row")
     cuda.set_float32_matmul_precision("high")
     try:
         cuda.sgemm(device(5, 7), device(7, 3))
+        cuda.sgemm(device(5, 7), device(7, 3), bias=device(5), bias_along="row")
     finally:
         cuda.set_float32_matmul_precision("highest")
     for kernel in ("im2col", "im2col_v1"):
@@ -209,8 +215,13 @@ def test_launch_passes_each_argument_as_the_c_type_of_its_parameter(monkeypatch)
     every = {name for path in cuda.KERNEL_DIR.glob("*.cu") for name in cuda.entry_points(
         path.read_text()) if not name.startswith("sgemm_")}
     assert every <= launched, f"not launched here: {sorted(every - launched)}"
-    assert len([n for n in launched if n.startswith("sgemm_v")]) == 8 + 1  # v1..v7, v8 twice
+    assert len([n for n in launched if n.startswith("sgemm_v")]) == 8 + 2  # v1..v7, 3 of v8
     assert {"sgemm_tf32_nn", "splitk_reduce"} <= launched
+    epilogues = [args[-3:] for name, _, _, args in cp.log.kernel_launches
+                 if name.startswith(("sgemm_v8", "sgemm_tf32", "splitk_reduce"))]
+    assert [(a.size, int(along), int(stride)) for a, along, stride in epilogues] == [
+        (0, 0, 0)] * 3 + [(3, 2, 0), (10, 1, 5), (3, 2, 0), (3, 2, 0), (10, 1, 5), (10, 1, 5),
+                          (0, 0, 0), (5, 1, 0)]  # (bias size, bias_along, batch_stride_bias)
 
 
 BENCHMARK = str(ROOT / "benchmarks" / "bench_kernels.py")
@@ -303,6 +314,10 @@ def test_conv2d_on_the_kernels_matches_numpy(shim, shape, stride, padding, group
     # forward nn, grad_col tn, grad_w nt: every product on our SGEMM, none on BLAS
     layouts = sorted(name[-2:] for name in names if name.startswith("sgemm"))
     assert layouts == ["nn", "nt", "tn"]
+    # forward: the bias in the product's store, one per row (filter), group g's at g F/G
+    _, name, _, _, arguments = next(launch for launch in shim if launch[1].startswith("sgemm"))
+    assert name.endswith("_nn") and arguments[-2:] == (1, F // groups)
+    np.testing.assert_array_equal(arguments[-3].ravel(), b.astype(np.float32))
 
 
 @pytest.mark.parametrize("N, IN, OUT", [(1, 1, 1), (3, 17, 5), (5, 33, 65)])
@@ -311,6 +326,9 @@ def test_linear_on_the_kernels_matches_numpy(shim, N, IN, OUT):
     arrays = [rng.standard_normal((N, IN)), rng.standard_normal((OUT, IN)),
               rng.standard_normal(OUT)]
     assert_kernel_path_matches_numpy(linear, arrays)
+    forward = shim[0]  # y = x W^T + b: the bias goes to the product's store, one per column
+    assert forward[1].startswith("sgemm_v8") and forward[4][-2:] == (2, 0)  # one for all
+    np.testing.assert_array_equal(forward[4][-3], arrays[2].astype(np.float32))
     layouts = sorted(name[-2:] for name in names_launched(shim))
     if min(N, IN, OUT) > 1:
         assert layouts == ["nn", "nt", "tn"]

@@ -27,6 +27,9 @@ LAYOUTS = ["nn", "nt", "tn"]
 ATOL, RTOL = 1e-4, 1e-4
 CONTRACT = ["int M", "int N", "int K", "const float* A", "const float* B", "float* C",
             "long long batch_stride_A", "long long batch_stride_B", "long long batch_stride_C"]
+SPLIT = ["int splits", "int k_chunk"]  # v8 and TF32
+EPILOGUE = ["const float* bias", "int bias_along", "long long batch_stride_bias"]
+NO_BIAS = (np.zeros(0, np.float32), 0, 0)  # bias_along 0: the bias is never read
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def run_v8(kernels, tile, layout, a, b, splits, gaps=(0, 0, 0), offsets=(0, 0, 0
                     offsets[2])
     grid = (harness.ceil_div(N, tile[1]), harness.ceil_div(M, tile[0]), batch * splits)
     kernels.launch(f"sgemm_v8_{tile[0]}x{tile[1]}_{layout}", grid, (cuda.SGEMM_TILES[tile],),
-                   M, N, K, *buffers, c_buffer, *strides, splits, k_chunk)
+                   M, N, K, *buffers, c_buffer, *strides, splits, k_chunk, *NO_BIAS)
     partials = unpack(c_buffer, batch * splits, strides[2], M, N)
     return partials.reshape(batch, splits, M, N), c_buffer
 
@@ -121,10 +124,13 @@ def test_every_entry_point_has_the_contract_signature():
     for name in fixed:
         assert [p.describe() for p in entry_points[name]] == CONTRACT, name
     for name in split:
-        assert [p.describe() for p in entry_points[name]] == CONTRACT + ["int splits",
-                                                                        "int k_chunk"], name
+        assert [p.describe() for p in entry_points[name]] == CONTRACT + SPLIT + EPILOGUE, name
     assert [p.describe() for p in entry_points["splitk_reduce"]] == [
-        "const float* partial", "float* C", "long long count", "int batch", "int splits"]
+        "const float* partial", "float* C", "long long count", "int batch", "int splits",
+        "int N"] + EPILOGUE
+    tf32 = harness.parse_entry_points((ROOT / "kernels" / "sgemm_tf32.cu").read_text())
+    assert all([p.describe() for p in tf32[f"sgemm_tf32_{layout}"]] == CONTRACT + SPLIT +
+               EPILOGUE for layout in LAYOUTS)
     assert FIXED == [f"v{v}" for v in cuda.SGEMM_GEOMETRY] and list(cuda.SGEMM_TILES) == TILES
     assert cuda.SGEMM_VERSIONS == (1, 2, 3, 4, 5, 6, 7, 8) and cuda.SGEMM_BEST == 8
 
@@ -244,7 +250,8 @@ def test_splitk_reduce_adds_the_splits_in_a_fixed_order(kernels, rng):
     partial = (rng.standard_normal((batch, splits, M, N)) *
                10.0 ** rng.integers(-4, 5, (batch, splits, M, N))).astype(np.float32)
     c = np.full((batch, M, N), np.nan, np.float32)
-    kernels.launch("splitk_reduce", (2,), (32,), partial, c, M * N, batch, splits)  # strides
+    kernels.launch("splitk_reduce", (2,), (32,), partial, c, M * N, batch, splits, N,  # strides
+                   *NO_BIAS)
     expected = partial[:, 0].copy()
     for s in range(1, splits):  # float32 sums, s = 0, 1, ..., as the kernel promises
         expected = expected + partial[:, s]
@@ -253,6 +260,59 @@ def test_splitk_reduce_adds_the_splits_in_a_fixed_order(kernels, rng):
     for s in range(splits - 2, -1, -1):
         backwards = backwards + partial[:, s]
     assert not np.array_equal(backwards, expected)  # the data tells the orders apart
+
+
+# ---- v8's bias epilogue: added in the final store, once ----
+
+def bias_for(rng, along, batch, M, N, per_batch):
+    """A bias along rows (along 1: one per m) or columns (2: one per n), one per product if
+    per_batch; and a view of it that broadcasts against C (batch, M, N): what C[b][m][n] gets."""
+    length = M if along == 1 else N
+    bias = rng.standard_normal((batch, length) if per_batch else (length,)).astype(np.float32)
+    rows = bias.reshape(-1, length)  # (batch or 1, length)
+    return bias, rows[:, :, None] if along == 1 else rows[:, None, :]
+
+
+EPILOGUE_CASES = [  # (batch, M, N, K, splits, per_batch)
+    (1, 70, 45, 37, 1, False),   # ragged: tiles and columns past the edge of C
+    (2, 131, 66, 100, 1, True),  # a bias per product (conv groups), batch_stride_bias > 0
+    (2, 20, 132, 36, 1, False),  # N % 4 == 0: the float4 store; the same bias for both
+    (1, 70, 45, 37, 3, False),   # split: the partials carry no bias, splitk_reduce adds it
+    (3, 33, 17, 100, 4, True),
+]
+
+
+@pytest.mark.parametrize("batch, M, N, K, splits, per_batch", EPILOGUE_CASES,
+                         ids=[f"{b}x{m}x{n}x{k}/{s}{'/per-batch' if p else ''}"
+                              for b, m, n, k, s, p in EPILOGUE_CASES])
+@pytest.mark.parametrize("along", [1, 2], ids=["per-row", "per-column"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("tile", TILES, ids=[f"{m}x{n}" for m, n in TILES])
+def test_v8_bias_epilogue_adds_the_bias_once(kernels, tile, layout, along, batch, M, N, K,
+                                             splits, per_batch, rng):
+    a, b = random_operands(rng, batch, M, N, K)
+    bias, added = bias_for(rng, along, batch, M, N, per_batch)
+    splits, k_chunk = cuda._split_k(K, splits)
+    stored_a, stored_b = (np.ascontiguousarray(x) for x in stored(layout, a, b))
+    out = np.full((batch * splits, M, N), np.nan, np.float32)
+    epilogue = (bias, along, bias.shape[-1] if per_batch else 0)
+    kernels.launch(f"sgemm_v8_{tile[0]}x{tile[1]}_{layout}",
+                   (-(-N // tile[1]), -(-M // tile[0]), batch * splits),
+                   (cuda.SGEMM_TILES[tile],), M, N, K, stored_a, stored_b, out, M * K, K * N,
+                   M * N, splits, k_chunk, *epilogue)
+    if splits == 1:  # the tile's store added it
+        assert_close(out, product(a, b) + added)
+        return
+    partials = out.reshape(batch, splits, M, N)
+    for s in range(splits):  # no bias in any partial product
+        k = slice(s * k_chunk, (s + 1) * k_chunk)
+        assert_close(partials[:, s], product(a[:, :, k], b[:, k, :]))
+    c = np.full((batch, M, N), np.nan, np.float32)
+    kernels.launch("splitk_reduce", (3,), (64,), out, c, M * N, batch, splits, N, *epilogue)
+    expected = partials[:, 0].copy()  # the fixed-order float32 sum, then the bias
+    for s in range(1, splits):
+        expected = expected + partials[:, s]
+    assert np.array_equal(c, expected + added)  # float32 + float32, as the kernel adds
 
 
 # ---- cuda.sgemm (the wrapper) with every kernel launched through the shim ----
@@ -316,6 +376,70 @@ def test_sgemm_split_k_is_deterministic(shim):
     a, b = a.astype(np.float32), b.astype(np.float32)
     first = cuda.sgemm(a, b, plan=(64, 64, 7))
     assert all(np.array_equal(first, cuda.sgemm(a, b, plan=(64, 64, 7))) for _ in range(2))
+
+
+BIAS_CASES = [  # (batch or None, M, N, K, plan, bias_along, a bias per product)
+    (None, 17, 33, 5, None, "column", False),        # linear: y = x W^T + b, no split
+    (None, 70, 45, 300, (64, 64, 3), "row", False),  # split: splitk_reduce adds it
+    (2, 3, 65, 18, (128, 64, 1), "row", True),       # conv with groups: one bias per product
+    (2, 24, 36, 600, (64, 64, 2), "column", False),  # batched and split, the same bias
+    (None, 4, 5, 0, None, "row", False),             # K = 0: C is the bias
+]
+
+
+@pytest.mark.parametrize("trans_a, trans_b", cuda.SGEMM_LAYOUTS)
+def test_sgemm_adds_the_bias_without_a_launch_of_its_own(shim, trans_a, trans_b):
+    rng = np.random.default_rng(4)
+    for batch, M, N, K, plan, along, per_product in BIAS_CASES:
+        lead = () if batch is None else (batch,)
+        a = rng.standard_normal(lead + ((K, M) if trans_a else (M, K)))
+        b = rng.standard_normal(lead + ((N, K) if trans_b else (K, N)))
+        length = M if along == "row" else N
+        bias = rng.standard_normal(lead + (length,) if per_product else (length,))
+        rows = bias.reshape(-1, length)  # C[..., m, n] gets bias[..., m] or bias[..., n]
+        added = rows[:, :, None] if along == "row" else rows[:, None, :]
+        expected = np.matmul(a.swapaxes(-1, -2) if trans_a else a,
+                             b.swapaxes(-1, -2) if trans_b else b)
+        expected = expected + (added[0] if batch is None else added)
+        shim.clear()
+        got = cuda.sgemm(a.astype(np.float32), b.astype(np.float32), trans_a, trans_b,
+                         plan=plan, bias=bias.astype(np.float32), bias_along=along)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * max(K, 1),
+                                   err_msg=f"batch {batch} M {M} N {N} K {K} plan {plan}")
+        splits = 1 if K == 0 else cuda._split_k(K, plan[2] if plan else 1)[0]
+        assert [name for name, _, _ in shim][1:] == ["splitk_reduce"] * (splits > 1)
+        assert len(shim) == (K > 0) + (splits > 1)  # nothing but the product's own launches
+
+
+def test_sgemm_in_tf32_adds_the_bias_too(shim):
+    rng = np.random.default_rng(2)
+    a, b = random_operands(rng, 2, 33, 70, 600)
+    bias = rng.standard_normal(33).astype(np.float32)
+    cuda.set_float32_matmul_precision("high")
+    try:
+        split = cuda.sgemm(a, b, plan=(64, 64, 3), bias=bias, bias_along="row")
+        whole = cuda.sgemm(a, b, plan=(64, 64, 1), bias=bias, bias_along="row")
+    finally:
+        cuda.set_float32_matmul_precision("highest")
+    assert [name for name, _, _ in shim] == ["sgemm_tf32_nn", "splitk_reduce", "sgemm_tf32_nn"]
+    for got in (split, whole):
+        assert_close(got, product(tf32(a), tf32(b)) + bias[:, None])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"bias": np.ones(4, np.float32)}, "needs bias_along 'row' or 'column'"),
+    ({"bias": np.ones(4, np.float32), "bias_along": "columns"}, "got bias_along='columns'"),
+    ({"bias": np.ones(4, np.float32), "bias_along": "column", "version": 7}, "version=7"),
+    ({"bias": np.ones(3, np.float32), "bias_along": "column"},
+     r"each column of C \(2, 4\) needs shape \(4,\) or \(1, 4\); got \(3,\)"),
+    ({"bias": np.ones(4, np.float32), "bias_along": "row"}, r"shape \(2,\) or \(1, 2\)"),
+])
+def test_sgemm_refuses_a_bad_bias(options, match):
+    with pytest.raises(ValueError, match=match):
+        cuda.sgemm(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32), **options)
+    with pytest.raises(TypeError, match="float32; got float64"):
+        cuda.sgemm(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32),
+                   bias=np.ones(4), bias_along="column")
 
 
 @pytest.mark.parametrize("plan, match", [
@@ -475,7 +599,8 @@ def test_tf32_kernel_with_the_shims_stand_in_for_mma(layout, batch, M, N, K, spl
     stored_a, stored_b = (np.ascontiguousarray(x) for x in stored(layout, a, b))
     out = np.full((batch * splits, M, N), np.nan, np.float32)
     kernels.launch(f"sgemm_tf32_{layout}", (-(-N // 128), -(-M // 128), batch * splits), (256,),
-                   M, N, K, stored_a, stored_b, out, M * K, K * N, M * N, splits, k_chunk)
+                   M, N, K, stored_a, stored_b, out, M * K, K * N, M * N, splits, k_chunk,
+                   *NO_BIAS)
     got = out.reshape(batch, splits, M, N).sum(axis=1)
     assert_close(got, product(tf32(a), tf32(b)))
     assert not np.allclose(got, product(a, b), rtol=1e-6, atol=1e-6)  # TF32 really rounds
@@ -520,3 +645,28 @@ def test_gpu_split_k_and_tf32_against_float64(trans_a, trans_b):
         finally:
             cuda.set_float32_matmul_precision("highest")
         np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=1e-2, atol=2e-3 * K ** 0.5)
+
+
+@pytest.mark.gpu
+def test_gpu_bias_epilogue_against_float64():
+    """The bias added in the store (one split) and in splitk_reduce (several), per row and per
+    column, in float32 and TF32."""
+    from minialex.backend import _import_cupy
+    cp = _import_cupy()
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 96, 1000)), rng.standard_normal((2, 1000, 130))
+    biases = {"row": rng.standard_normal((2, 96)), "column": rng.standard_normal(130)}
+    for along, bias in biases.items():
+        added = bias[..., :, None] if along == "row" else bias[..., None, :]
+        expected = a @ b + added
+        for plan in ((64, 64, 1), (64, 64, 4)):
+            for precision, rtol, atol in (("highest", 1e-4, 2e-3), ("high", 1e-2, 0.07)):
+                cuda.set_float32_matmul_precision(precision)
+                try:
+                    got = cuda.sgemm(cp.asarray(a, dtype=cp.float32), cp.asarray(
+                        b, dtype=cp.float32), plan=plan, bias=cp.asarray(bias, dtype=cp.float32),
+                        bias_along=along)
+                finally:
+                    cuda.set_float32_matmul_precision("highest")
+                np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=rtol, atol=atol,
+                                           err_msg=f"{along} {plan} {precision}")
