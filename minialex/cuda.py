@@ -285,9 +285,10 @@ _matmul_precision = "highest"
 
 def set_float32_matmul_precision(precision):
     """As torch.set_float32_matmul_precision: "highest" (the default) computes every float32
-    product of the layers in float32; "high" lets them use TF32 tensor cores (kernels/
-    sgemm_tf32.cu: inputs rounded to TF32's 10-bit mantissa, sums in float32, so about 1e-3
-    relative error instead of 1e-7). The TF32 kernel has NOT been run on a GPU yet (the CPU
+    product of the layers in float32; "high" lets them use TF32 tensor cores on GPUs that have
+    them, compute capability 8.0 on (kernels/sgemm.cu's sgemm_tf32: inputs rounded to TF32's
+    10-bit mantissa, sums in float32, so about 1e-3 relative error instead of 1e-7). The TF32
+    kernel has NOT been run on a GPU yet (the CPU
     shim runs stand-ins for its mma instructions): keep the default until bench_kernels.py has
     checked it on one."""
     global _matmul_precision
@@ -366,7 +367,8 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None, bia
         launch("sgemm.cu", f"sgemm_v{version}_{layout}", (ceil_div(N, tile_N),
                ceil_div(M, tile_M), batch), block, M, N, K, a, b, c, *strides)
     elif c.size:
-        tf32 = _matmul_precision == "high"
+        tf32 = _matmul_precision == "high" and (xp is np or  # the shim, or Ampere on
+                                                int(xp.cuda.Device().compute_capability) >= 80)
         if plan is None:
             tiles = [(128, 128)] if tf32 else tuple(SGEMM_TILES)  # the TF32 kernel's one tile
             tile_M, tile_N, splits, k_chunk = sgemm_plan(M, N, K, batch, multiprocessor_count(xp),
@@ -374,7 +376,7 @@ def sgemm(a, b, trans_a=False, trans_b=False, version=SGEMM_BEST, plan=None, bia
         else:
             (tile_M, tile_N), (splits, k_chunk) = ((128, 128) if tf32 else plan[:2],
                                                    _split_k(K, plan[2]))
-        filename, name = (("sgemm_tf32.cu", f"sgemm_tf32_{layout}") if tf32 else
+        filename, name = (("sgemm.cu", f"sgemm_tf32_{layout}") if tf32 else
                           ("sgemm.cu", f"sgemm_v8_{tile_M}x{tile_N}_{layout}"))
         # splits > 1: the partial products go to a workspace (batch, splits, M, N) first
         out = c if splits == 1 else xp.empty((batch * splits, M, N), dtype=np.float32)

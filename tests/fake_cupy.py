@@ -214,6 +214,8 @@ def _synchronize_device():
 
 
 class Device:
+    compute_capability = "90"  # as CuPy gives it: a string, here an H100/H200's
+
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
         if self.id != 0:

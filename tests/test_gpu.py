@@ -224,6 +224,22 @@ def test_launch_passes_each_argument_as_the_c_type_of_its_parameter(monkeypatch)
                           (0, 0, 0), (5, 1, 0)]  # (bias size, bias_along, batch_stride_bias)
 
 
+@pytest.mark.parametrize("capability, kernel", [("75", "sgemm_v8_64x64_nn"),
+                                                ("80", "sgemm_tf32_nn")])
+def test_tf32_only_where_the_gpu_has_its_tensor_cores(capability, kernel, monkeypatch):
+    """As in PyTorch, "high" precision uses TF32 only from compute capability 8.0 (Ampere) on;
+    before it, sgemm.cu's TF32 kernels are compiled as traps and v8 runs instead."""
+    import fake_cupy
+    cp = fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(cp.cuda.Device, "compute_capability", capability)
+    cuda.set_float32_matmul_precision("high")
+    try:
+        cuda.sgemm(cp.asarray(np.ones((5, 7), np.float32)), cp.asarray(np.ones((7, 3), np.float32)))
+    finally:
+        cuda.set_float32_matmul_precision("highest")
+    assert [name for name, *_ in cp.log.kernel_launches][0] == kernel
+
+
 BENCHMARK = str(ROOT / "benchmarks" / "bench_kernels.py")
 
 

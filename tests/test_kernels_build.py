@@ -55,15 +55,24 @@ def test_compiles_to_ptx_without_warnings(path, arch, tmp_path):
 
 
 def test_the_tf32_sgemm_is_on_tensor_cores(tmp_path):
-    """kernels/sgemm_tf32.cu (off by default) compiles to TF32 mma instructions for sm_80 (the
+    """sgemm.cu's sgemm_tf32 (off by default) compiles to TF32 mma instructions for sm_80 (the
     shim runs stand-ins for them instead: test_kernels_sgemm.py)."""
-    path, ptx_path = ROOT / "kernels" / "sgemm_tf32.cu", tmp_path / "sgemm_tf32.ptx"
+    path, ptx_path = ROOT / "kernels" / "sgemm.cu", tmp_path / "sgemm.ptx"
     result = subprocess.run([nvcc(), "-arch=sm_80", "-ptx", "-std=c++17", "-o", str(ptx_path),
                              str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ptx = ptx_path.read_text()
     assert ptx.count("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32") >= 3 * 16
     assert "cvt.rna.tf32.f32" in ptx
+
+
+def test_before_ampere_the_tf32_kernels_compile_without_tensor_cores(tmp_path):
+    """On sm_75 (no TF32 mma) sgemm.cu still compiles, so its other kernels load there."""
+    ptx_path = tmp_path / "sgemm_75.ptx"
+    result = subprocess.run([nvcc(), "-arch=sm_75", "-ptx", "-std=c++17", "-o", str(ptx_path),
+                             str(ROOT / "kernels" / "sgemm.cu")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "mma.sync" not in ptx_path.read_text()
 
 
 def nvrtc():

@@ -120,7 +120,8 @@ def test_every_entry_point_has_the_contract_signature():
     entry_points = harness.parse_entry_points(SOURCE.read_text())
     fixed = [f"sgemm_{v}_{l}" for v in FIXED for l in LAYOUTS]
     split = [f"sgemm_v8_{m}x{n}_{l}" for m, n in TILES for l in LAYOUTS]
-    assert sorted(entry_points) == sorted(fixed + split + ["splitk_reduce"])
+    tf32 = [f"sgemm_tf32_{layout}" for layout in LAYOUTS]
+    assert sorted(entry_points) == sorted(fixed + split + tf32 + ["splitk_reduce"])
     for name in fixed:
         assert [p.describe() for p in entry_points[name]] == CONTRACT, name
     for name in split:
@@ -128,8 +129,7 @@ def test_every_entry_point_has_the_contract_signature():
     assert [p.describe() for p in entry_points["splitk_reduce"]] == [
         "const float* partial", "float* C", "long long count", "int batch", "int splits",
         "int N"] + EPILOGUE
-    tf32 = harness.parse_entry_points((ROOT / "kernels" / "sgemm_tf32.cu").read_text())
-    assert all([p.describe() for p in tf32[f"sgemm_tf32_{layout}"]] == CONTRACT + SPLIT +
+    assert all([p.describe() for p in entry_points[f"sgemm_tf32_{layout}"]] == CONTRACT + SPLIT +
                EPILOGUE for layout in LAYOUTS)
     assert FIXED == [f"v{v}" for v in cuda.SGEMM_GEOMETRY] and list(cuda.SGEMM_TILES) == TILES
     assert cuda.SGEMM_VERSIONS == (1, 2, 3, 4, 5, 6, 7, 8) and cuda.SGEMM_BEST == 8
@@ -566,7 +566,7 @@ def test_tf32_is_off_by_default_and_switched_on_like_pytorch(monkeypatch):
         cuda.sgemm(a, b, version=7)  # a numbered version is itself, whatever the precision
     finally:
         cuda.set_float32_matmul_precision("highest")
-    assert launched[2:] == [("sgemm_tf32.cu", "sgemm_tf32_nt"), ("sgemm.cu", "splitk_reduce"),
+    assert launched[2:] == [("sgemm.cu", "sgemm_tf32_nt"), ("sgemm.cu", "splitk_reduce"),
                             ("sgemm.cu", "sgemm_v7_nn")]
     with pytest.raises(ValueError, match="expected one of"):
         cuda.set_float32_matmul_precision("medium")
@@ -590,10 +590,10 @@ def test_tf32_rounding_of_the_reference():
                          ids=[f"{b}x{m}x{n}x{k}/{s}" for b, m, n, k, s in V8_SHAPES])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_tf32_kernel_with_the_shims_stand_in_for_mma(layout, batch, M, N, K, splits, rng):
-    """sgemm_tf32.cu with the shim's stand-ins for mma.sync and cvt (written from the PTX ISA):
+    """sgemm_tf32 with the shim's stand-ins for mma.sync and cvt (written from the PTX ISA):
     its loads, fragment indices, splits and stores, against the float64 product of the inputs
     rounded to TF32. Not checked here: that a GPU's fragments are laid out as the file says."""
-    kernels = harness.load(ROOT / "kernels" / "sgemm_tf32.cu")
+    kernels = harness.load(ROOT / "kernels" / "sgemm.cu")
     a, b = random_operands(rng, batch, M, N, K)
     splits, k_chunk = cuda._split_k(K, splits)
     stored_a, stored_b = (np.ascontiguousarray(x) for x in stored(layout, a, b))
