@@ -3,6 +3,7 @@
 Hypothesis draws shapes; every example runs a float64 gradient check, so the number of examples
 is kept modest and deadlines are off (a 2-core CI machine is slow and noisy).
 """
+import collections
 import os
 
 import numpy as np
@@ -18,6 +19,47 @@ settings.load_profile("minialex")
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+Launch = collections.namedtuple("Launch", "filename name grid block arguments")
+
+
+@pytest.fixture
+def kernel_launches(monkeypatch):
+    """cuda.launch on the CPU, with the GPU's checks: the grid and block limits, each argument
+    converted to its kernel parameter's C type, then the shim build of the .cu file
+    (tests/kernel_shim) runs the kernel (nothing for an empty grid, as on a GPU). Returns the
+    list of the Launch-es made."""
+    from kernel_shim import harness
+    from minialex import cuda
+    launches = []
+
+    def launch_on_the_cpu(filename, name, grid, block, *arguments):
+        grid, block = cuda.check_launch_shape(name, grid, block)
+        converted = cuda.convert_arguments(name, cuda.parameters_of(filename, name), arguments,
+                                           np.ndarray)
+        if 0 not in grid:
+            launches.append(Launch(filename, name, grid, block, arguments))
+            harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
+
+    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
+    return launches
+
+
+@pytest.fixture
+def shim(kernel_launches, monkeypatch):
+    """kernel_launches, and the ops' GPU branch on float32 NumPy arrays: dispatch.py picks the
+    stand-ins of gpu.py by device, so float32 arrays count as "cuda", float64 ones stay "cpu"
+    (the expected values)."""
+    from minialex import backend, cuda, dispatch
+    monkeypatch.setattr(cuda, "uses_kernels", lambda array: array.dtype == np.float32)
+    monkeypatch.setattr(dispatch, "device_of", lambda array: "cuda" if getattr(
+        array, "dtype", None) == np.float32 else backend.device_of(array))
+    return kernel_launches
+
+
+def names_launched(launches):
+    return [launch.name for launch in launches]
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from kernel_shim import harness
 from minialex import cuda
+from conftest import names_launched
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_kernels.py"
@@ -29,34 +29,17 @@ def bench():
     return module
 
 
-@pytest.fixture
-def shim(monkeypatch):
-    """cuda.launch on the CPU (grid checks, argument checks, then the shim); the names run."""
-    launched = []
-
-    def launch_on_the_cpu(filename, name, grid, block, *arguments):
-        grid, block = cuda.check_launch_shape(name, grid, block)
-        converted = cuda.convert_arguments(name, cuda.parameters_of(filename, name), arguments,
-                                           np.ndarray)
-        launched.append(name)
-        if 0 not in grid:
-            harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
-
-    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
-    return launched
-
-
 # The script's shapes take minutes on the shim: smaller ones, still ragged, and split
 SHAPES = [(1, 1, 1, 1), (1, 17, 33, 65), (1, 127, 130, 29), (2, 20, 36, 12)]
 SPLIT_SHAPES = [(1, 30, 70, 1000, None), (2, 33, 70, 100, (64, 64, 5)),
                 (1, 130, 20, 77, (128, 128, 3)), (1, 5, 3, 30, (128, 64, 2))]
 
 
-def test_the_sgemm_checks_pass_on_the_cpu(bench, shim, capsys):
+def test_the_sgemm_checks_pass_on_the_cpu(bench, kernel_launches, capsys):
     failures = []
     bench.check_sgemm(np, failures, SHAPES, SPLIT_SHAPES)
     assert failures == [], capsys.readouterr().out
-    names = set(shim)
+    names = set(names_launched(kernel_launches))
     assert {f"sgemm_v{v}_{l}" for v in cuda.SGEMM_GEOMETRY for l in ("nn", "nt", "tn")} <= names
     assert "splitk_reduce" in names and any(name.startswith("sgemm_v8_") for name in names)
     assert {"sgemm_tf32_nn", "sgemm_tf32_nt", "sgemm_tf32_tn"} <= names  # the shim's stand-in
@@ -77,12 +60,12 @@ def test_the_sgemm_checks_catch_a_wrong_product(bench, monkeypatch, capsys):
     assert "FAIL sgemm_v4_nn" in capsys.readouterr().out
 
 
-def test_the_memory_bound_checks_pass_on_the_cpu(bench, shim, capsys):
+def test_the_memory_bound_checks_pass_on_the_cpu(bench, kernel_launches, capsys):
     """im2col, col2im, max pooling (the check that crashed), LRN and the loss."""
     failures = []
     bench.check_memory_bound(np, failures)
     assert failures == [], capsys.readouterr().out
-    assert {"maxpool_forward", "maxpool_backward"} <= set(shim)
+    assert {"maxpool_forward", "maxpool_backward"} <= set(names_launched(kernel_launches))
 
 
 def test_without_a_gpu_the_benchmark_says_so_in_one_line_and_exits_0():

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 
-from minialex import cuda, dispatch
+from minialex import cuda
 from minialex.backend import as_numpy, device_of
 from minialex.functions.activation import relu
 from minialex.functions.conv import col2im, conv2d, im2col
@@ -34,6 +34,7 @@ from minialex.functions.lrn import local_response_norm
 from minialex.functions.pool import max_pool2d, pool_output_size
 from minialex.gpu import Conv2dOnKernels, MaxPool2dOnKernels
 from minialex.tensor import tensor
+from conftest import names_launched
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
@@ -262,29 +263,7 @@ def test_the_kernel_benchmark_without_a_gpu_says_so():
 
 # ----------------------------------------------------------------------------------------------
 # 2. Without a GPU, through the kernel shim: cuda.py's wrappers and the ops' GPU branches
-
-@pytest.fixture
-def shim(monkeypatch):
-    """Run the GPU branch of every op on float32 NumPy arrays, each kernel launch executed on
-    the CPU by the shim build of the same .cu file. Returns the list of launches made:
-    (filename, name, grid, block, arguments)."""
-    from kernel_shim import harness
-    launches = []
-
-    def launch_on_the_cpu(filename, name, grid, block, *arguments):
-        parameters = cuda.parameters_of(filename, name)
-        converted = cuda.convert_arguments(name, parameters, arguments, np.ndarray)
-        launches.append((filename, name, grid, block, arguments))
-        harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
-
-    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
-    monkeypatch.setattr(cuda, "uses_kernels", lambda array: array.dtype == np.float32)
-    # dispatch.py picks the fast path by device: float32 NumPy arrays count as "cuda" (the
-    # stand-ins of gpu.py); float64 ones stay "cpu", the expected values
-    monkeypatch.setattr(dispatch, "device_of", lambda array: "cuda" if getattr(
-        array, "dtype", None) == np.float32 else device_of(array))
-    return launches
-
+#    (the fixture `shim`, in tests/conftest.py)
 
 def forward_and_backward(op, arrays, seed=1):
     """op(*tensors) and the gradient of every input, backward from a fixed random dL/dout
@@ -305,10 +284,6 @@ def assert_kernel_path_matches_numpy(op, arrays, rtol=2e-4, atol=2e-5):
         scale = max(1.0, float(np.abs(expected).max(initial=0)))
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol * scale,
                                    err_msg=f"output {index} (0: forward, then gradients)")
-
-
-def names_launched(launches):
-    return [name for _, name, _, _, _ in launches]
 
 
 @pytest.mark.parametrize("shape, stride, padding, groups", [

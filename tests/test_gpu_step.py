@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 import fake_cupy
-from minialex import backend, cuda, dispatch, gpu, optim
-from minialex.backend import device_of
+from minialex import backend, cuda, gpu, optim
 from minialex.functions.activation import relu
 from minialex.functions.dropout import dropout
 from minialex.functions.loss import cross_entropy
 from minialex.tensor import tensor
+from conftest import names_launched
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
@@ -32,24 +32,10 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
 
 
 @pytest.fixture
-def shim(monkeypatch):
-    """Every cuda.launch run by the shim on float32 NumPy arrays (as test_gpu.py's fixture);
-    returns the list of kernel names launched."""
-    from kernel_shim import harness
-    launched = []
-
-    def launch_on_the_cpu(filename, name, grid, block, *arguments):
-        parameters = cuda.parameters_of(filename, name)
-        converted = cuda.convert_arguments(name, parameters, arguments, np.ndarray)
-        launched.append(name)
-        harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
-
-    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
-    monkeypatch.setattr(cuda, "uses_kernels", lambda array: array.dtype == np.float32)
-    monkeypatch.setattr(dispatch, "device_of", lambda array: "cuda" if getattr(
-        array, "dtype", None) == np.float32 else device_of(array))
-    monkeypatch.setattr(cuda, "GRID_STRIDE_BLOCKS", 4)  # a few std::threads per launch
-    return launched
+def shim(shim, monkeypatch):
+    """conftest.py's shim, with few blocks per grid-stride launch: a few std::threads each."""
+    monkeypatch.setattr(cuda, "GRID_STRIDE_BLOCKS", 4)
+    return shim
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,7 +71,7 @@ def test_relu_forward_and_backward_on_the_kernels_match_numpy(shim):
         results[dtype] = (y.numpy(), t.grad)
     for got, expected in zip(results[np.float32], results[np.float64]):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
-    assert shim == ["relu_forward", "relu_backward"]  # one launch each way
+    assert names_launched(shim) == ["relu_forward", "relu_backward"]  # one launch each way
 
 
 def uniform_of(seed, counters):
@@ -147,7 +133,7 @@ def test_sgd_on_the_kernels_updates_every_parameter_in_one_launch(shim, momentum
         results[dtype] = [p.numpy() for p in params]
     for got, expected in zip(results[np.float32], results[np.float64]):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert shim == ["sgd_multi_tensor"] * 2  # one launch per step for all four parameters
+    assert names_launched(shim) == ["sgd_multi_tensor"] * 2  # a launch a step, 4 parameters
 
 
 def test_sgd_on_the_kernels_leaves_a_strided_gradient_to_the_reference(shim):
@@ -163,7 +149,7 @@ def test_sgd_on_the_kernels_leaves_a_strided_gradient_to_the_reference(shim):
         results[dtype] = [p.numpy() for p in params]
     for got, expected in zip(results[np.float32], results[np.float64]):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert shim == ["sgd_multi_tensor"]  # for the contiguous one
+    assert names_launched(shim) == ["sgd_multi_tensor"]  # for the contiguous one
 
 
 def test_sgd_on_the_kernels_refuses_mismatched_arrays():
@@ -181,7 +167,7 @@ def test_cross_entropy_backward_reads_the_incoming_gradient_on_the_device(shim):
         cross_entropy(z, labels).backward(np.array(2.5, dtype))  # dL/dloss = 2.5
         results[dtype] = z.grad
     np.testing.assert_allclose(results[np.float32], results[np.float64], rtol=1e-5, atol=1e-7)
-    assert shim == ["softmax_xent_forward", "softmax_xent_backward"]
+    assert names_launched(shim) == ["softmax_xent_forward", "softmax_xent_backward"]
     # and gy reaches the kernel as an array (a pointer), not as a number read on the host
     parameters = cuda.parameters_of("softmax_xent.cu", "softmax_xent_backward")
     assert [p.type for p in parameters][2] == "float*"

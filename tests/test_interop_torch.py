@@ -23,6 +23,7 @@ from PIL import Image
 
 import minialex as mx
 from minialex import interop
+from test_train_script import parse_predictions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PREDICT = str(ROOT / "examples" / "predict.py")
@@ -488,15 +489,6 @@ def imagenet_input(path):
     top, left = int(round((size[1] - 224) / 2.0)), int(round((size[0] - 224) / 2.0))
     crop = pixels[top:top + 224, left:left + 224] / 255
     return ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
-
-
-def parse_predictions(stdout):
-    predictions = {}
-    for line in stdout.strip().splitlines():
-        image, ranking = line.rsplit(": ", 1)
-        predictions[image] = [(name, float(p)) for name, p in
-                              (entry.rsplit(" ", 1) for entry in ranking.split(", "))]
-    return predictions
 
 
 @pytest.mark.slow

@@ -13,11 +13,11 @@ kernels: speed and the memory saving on a real device are unmeasured.
 import numpy as np
 import pytest
 
-from minialex import backend, cuda, dispatch
-from minialex.backend import device_of
+from minialex import backend, cuda
 from minialex.functions.conv import conv2d
 from minialex.gpu import Conv2dOnKernels
 from minialex.tensor import tensor
+from conftest import names_launched
 
 FILE = "conv_implicit.cu"
 SIZES = ("int",) * 14  # N C H W KH KW SH SW PH PW OH OW F G
@@ -27,26 +27,6 @@ CONTRACT = {
     "conv_implicit_sum_splits": ("float*",) * 3 + ("int",) * 3,
     "conv_implicit_grad_x": ("float*",) * 3 + SIZES,
 }
-
-
-@pytest.fixture
-def shim(monkeypatch):
-    """cuda.launch runs the shim build of the .cu file; float32 NumPy arrays take the GPU
-    branch of the ops. Returns the launches made: (name, grid, arguments)."""
-    from kernel_shim import harness
-    launches = []
-
-    def launch_on_the_cpu(filename, name, grid, block, *arguments):
-        converted = cuda.convert_arguments(name, cuda.parameters_of(filename, name), arguments,
-                                           np.ndarray)
-        launches.append((name, grid, arguments))
-        harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
-
-    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
-    monkeypatch.setattr(cuda, "uses_kernels", lambda array: array.dtype == np.float32)
-    monkeypatch.setattr(dispatch, "device_of", lambda array: "cuda" if getattr(
-        array, "dtype", None) == np.float32 else device_of(array))
-    return launches
 
 
 def naive_conv(x, w, b, gy, stride, padding, groups):
@@ -114,7 +94,7 @@ def check_against_the_formula(shape, stride, padding, groups, to_device, to_host
 @pytest.mark.parametrize("shape, stride, padding, groups", SHAPES)
 def test_forward_and_every_gradient_match_the_formula(shim, shape, stride, padding, groups):
     check_against_the_formula(shape, stride, padding, groups, np.asarray, np.asarray)
-    names = [name for name, _, _ in shim]
+    names = names_launched(shim)
     assert names == ["conv_implicit_forward", "conv_implicit_grad_x", "conv_implicit_grad_w",
                      "conv_implicit_sum_splits"]
 
@@ -139,7 +119,7 @@ def test_grad_w_sums_splits_of_the_batch(shim, monkeypatch, target_blocks, split
     _, _, dw, db = naive_conv(x, w, b, gy, stride, padding, groups)
     assert_close(grad_w, dw, "grad_w")
     assert_close(grad_b, db, "grad_b")
-    (name, grid, arguments), (sum_name, _, sum_arguments) = shim
+    (_, name, grid, _, arguments), (_, sum_name, _, _, sum_arguments) = shim
     assert name == "conv_implicit_grad_w" and sum_name == "conv_implicit_sum_splits"
     assert grid[2] == groups * splits and sum_arguments[3] == splits
     assert arguments[2].shape == (splits, 6, 2 * 3 * 3 + 1)  # partial sums, bias column last
@@ -210,7 +190,7 @@ def test_conv2d_on_kernels_runs_the_chosen_algorithm(shim, monkeypatch, algorith
             assert g is None, f"output {index}: a gradient nobody asked for"
         else:
             assert_close(g, e, f"output {index} (0: forward, then gradients)")
-    names = [name for name, _, _ in shim]
+    names = names_launched(shim)
     column_size = 4 * 5 * 5 * 3 * 5 * 4  # C KH KW N OH OW
     if algorithm == "explicit":
         assert "im2col" in names and not any(name.startswith("conv_implicit") for name in names)
@@ -219,7 +199,7 @@ def test_conv2d_on_kernels_runs_the_chosen_algorithm(shim, monkeypatch, algorith
     assert names == ["conv_implicit_forward"] + ["conv_implicit_grad_x"] * needs_grad[0] + [
         "conv_implicit_grad_w", "conv_implicit_sum_splits"]
     assert max(kept) < column_size, "the op kept an array as large as the columns"
-    largest = max(a.size for _, _, arguments in shim for a in arguments
+    largest = max(a.size for launch in shim for a in launch.arguments
                   if isinstance(a, np.ndarray))
     assert largest < column_size, "an array as large as the columns went to a kernel"
 
@@ -229,7 +209,7 @@ def test_auto_keeps_the_explicit_path_for_small_layers(shim):
     y = conv2d(x, tensor(np.ones((2, 2, 3, 3), np.float32)))
     assert type(y.creator) is Conv2dOnKernels and not y.creator.implicit
     y.sum().backward()
-    assert "im2col" in [name for name, _, _ in shim]
+    assert "im2col" in names_launched(shim)
 
 
 def test_every_entry_point_exists_with_the_contracts_parameters():

@@ -18,6 +18,7 @@ import pytest
 
 from kernel_shim import harness
 from minialex import cuda
+from conftest import names_launched
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "kernels" / "sgemm.cu"
@@ -316,23 +317,7 @@ def test_v8_bias_epilogue_adds_the_bias_once(kernels, tile, layout, along, batch
 
 
 # ---- cuda.sgemm (the wrapper) with every kernel launched through the shim ----
-
-@pytest.fixture
-def shim(monkeypatch):
-    """cuda.launch runs on the CPU: the same checks of grid, block and arguments, then the shim
-    build of the .cu file. Returns the list of (name, grid, block) launched."""
-    launches = []
-
-    def launch_on_the_cpu(filename, name, grid, block, *arguments):
-        grid, block = cuda.check_launch_shape(name, grid, block)
-        parameters = cuda.parameters_of(filename, name)
-        converted = cuda.convert_arguments(name, parameters, arguments, np.ndarray)
-        launches.append((name, grid, block))
-        harness.load(cuda.KERNEL_DIR / filename).launch(name, grid, block, *converted)
-
-    monkeypatch.setattr(cuda, "launch", launch_on_the_cpu)
-    return launches
-
+# (kernel_launches: tests/conftest.py)
 
 SGEMM_CASES = [  # (batch or None, M, N, K, plan)
     (None, 17, 33, 5, None),
@@ -344,7 +329,7 @@ SGEMM_CASES = [  # (batch or None, M, N, K, plan)
 
 
 @pytest.mark.parametrize("trans_a, trans_b", cuda.SGEMM_LAYOUTS)
-def test_sgemm_v8_with_trans_flags_and_splits(shim, trans_a, trans_b):
+def test_sgemm_v8_with_trans_flags_and_splits(kernel_launches, trans_a, trans_b):
     rng = np.random.default_rng(3)
     for batch, M, N, K, plan in SGEMM_CASES:
         lead = () if batch is None else (batch,)
@@ -357,19 +342,19 @@ def test_sgemm_v8_with_trans_flags_and_splits(shim, trans_a, trans_b):
         assert got.shape == expected.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * K,
                                    err_msg=f"batch {batch} M {M} N {N} K {K} plan {plan}")
-    names = [name for name, _, _ in shim]
+    names = names_launched(kernel_launches)
     assert names.count("splitk_reduce") == 4, names  # every case but the first splits
 
 
-def test_sgemm_default_is_v8_as_planned(shim):
+def test_sgemm_default_is_v8_as_planned(kernel_launches):
     a, b = np.ones((24, 600), np.float32), np.ones((600, 36), np.float32)
     np.testing.assert_array_equal(cuda.sgemm(a, b), np.full((24, 36), 600.0))
     # 1 tile, and K = 600 allows 2 splits: no wave for any tile, so the smallest
-    assert shim == [("sgemm_v8_64x64_nn", (1, 1, 2), (64, 1, 1)),
-                    ("splitk_reduce", (4, 1, 1), (256, 1, 1))]
+    assert [(launch.name, launch.grid, launch.block) for launch in kernel_launches] == [
+        ("sgemm_v8_64x64_nn", (1, 1, 2), (64, 1, 1)), ("splitk_reduce", (4, 1, 1), (256, 1, 1))]
 
 
-def test_sgemm_split_k_is_deterministic(shim):
+def test_sgemm_split_k_is_deterministic(kernel_launches):
     rng = np.random.default_rng(0)
     a = (rng.standard_normal((33, 900)) * 10.0 ** rng.integers(-3, 4, (33, 900)))
     b = rng.standard_normal((900, 20))
@@ -388,7 +373,7 @@ BIAS_CASES = [  # (batch or None, M, N, K, plan, bias_along, a bias per product)
 
 
 @pytest.mark.parametrize("trans_a, trans_b", cuda.SGEMM_LAYOUTS)
-def test_sgemm_adds_the_bias_without_a_launch_of_its_own(shim, trans_a, trans_b):
+def test_sgemm_adds_the_bias_without_a_launch_of_its_own(kernel_launches, trans_a, trans_b):
     rng = np.random.default_rng(4)
     for batch, M, N, K, plan, along, per_product in BIAS_CASES:
         lead = () if batch is None else (batch,)
@@ -401,17 +386,18 @@ def test_sgemm_adds_the_bias_without_a_launch_of_its_own(shim, trans_a, trans_b)
         expected = np.matmul(a.swapaxes(-1, -2) if trans_a else a,
                              b.swapaxes(-1, -2) if trans_b else b)
         expected = expected + (added[0] if batch is None else added)
-        shim.clear()
+        kernel_launches.clear()
         got = cuda.sgemm(a.astype(np.float32), b.astype(np.float32), trans_a, trans_b,
                          plan=plan, bias=bias.astype(np.float32), bias_along=along)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * max(K, 1),
                                    err_msg=f"batch {batch} M {M} N {N} K {K} plan {plan}")
         splits = 1 if K == 0 else cuda._split_k(K, plan[2] if plan else 1)[0]
-        assert [name for name, _, _ in shim][1:] == ["splitk_reduce"] * (splits > 1)
-        assert len(shim) == (K > 0) + (splits > 1)  # nothing but the product's own launches
+        assert names_launched(kernel_launches)[1:] == ["splitk_reduce"] * (splits > 1)
+        # nothing but the product's own launches
+        assert len(kernel_launches) == (K > 0) + (splits > 1)
 
 
-def test_sgemm_in_tf32_adds_the_bias_too(shim):
+def test_sgemm_in_tf32_adds_the_bias_too(kernel_launches):
     rng = np.random.default_rng(2)
     a, b = random_operands(rng, 2, 33, 70, 600)
     bias = rng.standard_normal(33).astype(np.float32)
@@ -421,7 +407,7 @@ def test_sgemm_in_tf32_adds_the_bias_too(shim):
         whole = cuda.sgemm(a, b, plan=(64, 64, 1), bias=bias, bias_along="row")
     finally:
         cuda.set_float32_matmul_precision("highest")
-    assert [name for name, _, _ in shim] == ["sgemm_tf32_nn", "splitk_reduce", "sgemm_tf32_nn"]
+    assert names_launched(kernel_launches) == ["sgemm_tf32_nn", "splitk_reduce", "sgemm_tf32_nn"]
     for got in (split, whole):
         assert_close(got, product(tf32(a), tf32(b)) + bias[:, None])
 
@@ -606,7 +592,7 @@ def test_tf32_kernel_with_the_shims_stand_in_for_mma(layout, batch, M, N, K, spl
     assert not np.allclose(got, product(a, b), rtol=1e-6, atol=1e-6)  # TF32 really rounds
 
 
-def test_sgemm_in_tf32_through_the_wrapper(shim):
+def test_sgemm_in_tf32_through_the_wrapper(kernel_launches):
     rng = np.random.default_rng(1)
     a, b = random_operands(rng, 2, 33, 70, 600)
     cuda.set_float32_matmul_precision("high")
@@ -614,8 +600,8 @@ def test_sgemm_in_tf32_through_the_wrapper(shim):
         got = cuda.sgemm(a, b, plan=(64, 64, 3))  # the TF32 kernel keeps its 128x128 tile
     finally:
         cuda.set_float32_matmul_precision("highest")
-    assert [name for name, _, _ in shim] == ["sgemm_tf32_nn", "splitk_reduce"]
-    assert shim[0][1:] == ((1, 1, 6), (256, 1, 1))
+    assert names_launched(kernel_launches) == ["sgemm_tf32_nn", "splitk_reduce"]
+    assert kernel_launches[0][2:4] == ((1, 1, 6), (256, 1, 1))
     assert_close(got, product(tf32(a), tf32(b)))
 
 
