@@ -10,8 +10,9 @@ involve no rounding and must match exactly.
 Shapes are small and ragged (batch 1, odd sizes, strides 1 to 4, padding, windows as large as the
 input, C smaller than the LRN window, one class): a shim launch runs every CUDA thread of a block
 as a std::thread, so grids stay small. Each kernel is launched with the geometry its file's
-header documents (`// launch NAME: block=(x,y,1) grid=...`, which minialex/cuda.py copies), and
-also with a grid far too small, which the kernels' grid-stride loops must cover.
+header documents (`// launch NAME: block=(x,y,1) grid=...`, the geometry minialex/cuda.py
+computes beside its launches, whose wrappers test_gpu.py runs), and also with a grid far too
+small, which the kernels' grid-stride loops must cover.
 """
 import ast
 import math
@@ -42,7 +43,7 @@ def load(file_name):
 
 def documented_launch(file_name, kernel, sizes):
     """(grid, block) from the header line `// launch NAME: block=(x,y,z) grid=(...)`, the grid's
-    formula evaluated with `sizes` (N, C, KH, ...): the line cuda.py copies must be right."""
+    formula evaluated with `sizes` (N, C, KH, ...)."""
     source = (KERNELS / file_name).read_text()
     match = re.search(rf"^// launch {kernel}: block=(\(\d+,\d+,\d+\)) grid=(\(.+\))$", source,
                       flags=re.MULTILINE)
